@@ -1,0 +1,45 @@
+# jepa-ray: bucket of video -> V-JEPA world model -> Ray Serve endpoint. `make help` lists targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+JEPA := $(VENV)/bin/jepa
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-unit bench stack-up stack-down stack-status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with the pinned dependencies (torch CPU, Ray, MLflow, PyAV, SeaweedFS)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
+	$(JEPA) demo
+
+test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve
+	$(PY) -m pytest -q
+
+test-unit: setup ## unit tests only (no servers)
+	$(PY) -m pytest -q -m "not integration"
+
+bench: setup ## benchmarks that print figures (train-step throughput)
+	$(PY) bench/bench_train_step.py --arch tiny --batch-size 8 --frames 16 --img-size 64
+
+stack-up: setup ## start the local stack (SeaweedFS :8333, MLflow :5000, Ray head)
+	$(JEPA) stack up
+
+stack-down: ## stop what stack-up started
+	$(JEPA) stack down
+
+stack-status: ## show the local stack
+	$(JEPA) stack status
+
+clean: stack-down ## stop the stack and delete .venv and .stack
+	rm -rf $(VENV) .stack

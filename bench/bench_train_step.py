@@ -1,0 +1,95 @@
+"""Throughput and peak memory of `jepa.train_step.train_step` on synthetic clips.
+
+No data loading: random normalised clips and pre-sampled masks (default V-JEPA 2 configs), so the
+figure is the model step alone. bf16 autocast on CUDA, float32 on CPU.
+
+    python bench/bench_train_step.py --arch tiny --batch-size 2 --frames 4 --img-size 32 --patch-size 8
+    python bench/bench_train_step.py --arch large --batch-size 24 --img-size 256 --device cuda --ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from jepa.config import MaskConfig, ModelConfig, OptimConfig
+from jepa.masks import sample_masks
+from jepa.model import build_jepa
+from jepa.optim import build_optimizer
+from jepa.train_step import train_step
+from jepa.vit import ENCODER_PRESETS
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="tiny", choices=list(ENCODER_PRESETS))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--tubelet-size", type=int, default=2)
+    p.add_argument("--pred-depth", type=int, default=12)
+    p.add_argument("--pred-embed-dim", type=int, default=384)
+    p.add_argument("--pred-num-heads", type=int, default=12)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--ckpt", action="store_true", help="activation checkpointing")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return p.parse_args()
+
+
+def peak_memory_gib(device: torch.device) -> tuple[str, float]:
+    if device.type == "cuda":
+        return "peak cuda allocated", torch.cuda.max_memory_allocated(device) / 2**30
+    return "peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig(
+        arch=args.arch, img_size=args.img_size, num_frames=args.frames, patch_size=args.patch_size,
+        tubelet_size=args.tubelet_size, pred_depth=args.pred_depth, pred_embed_dim=args.pred_embed_dim,
+        pred_num_heads=args.pred_num_heads, activation_checkpointing=args.ckpt,
+    )
+    mask_cfgs = [MaskConfig(8, 0.15), MaskConfig(2, 0.7)]
+    torch.manual_seed(0)
+    model = build_jepa(cfg, len(mask_cfgs)).to(device)
+    optimizer = build_optimizer(model, OptimConfig())
+    generator = torch.Generator().manual_seed(0)
+    n_steps = args.warmup + args.steps
+    masks = [sample_masks(model.token_grid, mask_cfgs, args.batch_size, generator) for _ in range(n_steps)]
+    clips = torch.randn(args.batch_size, 3, args.frames, args.img_size, args.img_size, device=device)
+
+    for step in range(n_steps):
+        if step == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        metrics = train_step(model, clips, masks[step], optimizer, 1e-4, 0.99925, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+
+    n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
+    n_pred = sum(p.numel() for p in model.predictor.parameters()) / 1e6
+    label, mem = peak_memory_gib(device)
+    print(
+        f"{args.arch} ({n_params:.1f}M) + predictor {args.pred_depth}x{args.pred_embed_dim} ({n_pred:.1f}M), "
+        f"{args.frames}x{args.img_size}px, tokens {model.token_grid}, batch {args.batch_size}, "
+        f"{device.type}, ckpt={args.ckpt}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{args.steps * args.batch_size / elapsed:.2f} clips/s  {elapsed / args.steps:.3f} s/step  "
+        f"{label} {mem:.2f} GiB  last loss {metrics['loss']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Typed run configuration: YAML -> nested dataclasses, strict about keys and types.
+
+The reference's untyped YAML dicts silently ignore typos; here an unknown key or a value of the
+wrong type is an error that names the key, and `key=value` overrides use the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value has the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tiny"
+    """Encoder preset: tiny, small, base, large, huge, giant (widths/depths of the reference)."""
+    img_size: int = 64
+    """Square crop side in pixels fed to the encoder."""
+    num_frames: int = 16
+    """Frames per clip."""
+    patch_size: int = 16
+    """Spatial patch side in pixels."""
+    tubelet_size: int = 2
+    """Frames per temporal patch."""
+    pred_depth: int = 12
+    """Predictor transformer blocks."""
+    pred_embed_dim: int = 384
+    """Predictor width."""
+    pred_num_heads: int = 12
+    """Predictor attention heads."""
+    activation_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
+
+
+@dataclass
+class MaskConfig:
+    """One multiblock-3D mask config: blocks span all time steps; targets are their union."""
+
+    num_blocks: int = 8
+    """Blocks sampled per clip."""
+    spatial_scale: float = 0.15
+    """Fraction of the spatial grid covered by each block."""
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+    """Range of block height/width ratios."""
+
+
+def _default_masks() -> list[MaskConfig]:
+    return [MaskConfig(8, 0.15), MaskConfig(2, 0.7)]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5.25e-4
+    """Peak learning rate, reached at the end of warmup."""
+    start_lr: float = 1e-4
+    """Learning rate at step 0."""
+    final_lr: float = 0.0
+    """Learning rate at the last step (cosine schedule only)."""
+    warmup_steps: int = 12000
+    """Linear warmup length in optimizer steps."""
+    schedule: str = "warmup_constant"
+    """warmup_constant (V-JEPA 2) or cosine."""
+    weight_decay: float = 0.04
+    """AdamW decay; never applied to biases and 1-D parameters."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    ema_momentum: float = 0.99925
+    """Target-encoder EMA momentum (constant)."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "s3://jepa/raw/physics"
+    """Bucket prefix holding the training videos (.mp4)."""
+    fps: float = 4.0
+    """Frame rate clips are sampled at."""
+    held_out_fraction: float = 0.1
+    """Fraction of videos kept out of training, chosen by a hash of the key."""
+    decode_cpus: float = 0.5
+    """Ray CPUs reserved by each decoding task."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Clips per worker per step."""
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks)."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs reserved by each training worker."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL and bf16 autocast."""
+    seed: int = 0
+    """Seed for weights, masks and data order."""
+    log_every: int = 10
+    """Steps between metric logs."""
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "jepa-pretrain"
+    """MLflow experiment name."""
+    registered_model: str = "jepa-tiny"
+    """Registry name the final model is registered under."""
+    alias: str = "candidate"
+    """Registry alias set on the new version."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masks: list[MaskConfig] = field(default_factory=_default_masks)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types by name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
+            f"(valid under '{prefix or '<root>'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_yaml(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Read a YAML file into dataclass `cls`, apply `key=value` overrides and validate the result."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for override in overrides:
+        apply_override(data, override)
+    return from_dict(cls, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides and validate the result."""
+    return load_yaml(RunConfig, path, overrides)

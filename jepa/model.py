@@ -1,0 +1,67 @@
+"""The V-JEPA model: online encoder + predictor trained by regression onto an EMA target encoder."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from jepa.config import ModelConfig
+from jepa.masks import MaskBatch
+from jepa.objective import feature_std, jepa_loss, normalize_targets
+from jepa.predictor import Predictor
+from jepa.vit import VisionTransformer, build_encoder, gather_tokens
+
+
+class JEPA(nn.Module):
+    """Everything that needs gradients happens in `forward`, so a caller can wrap the whole
+    module in DDP; the target encoder's parameters do not require grad, so DDP skips them and
+    the optimizer never sees them. Only `jepa.ema.ema_update` changes the target encoder."""
+
+    def __init__(self, encoder: VisionTransformer, predictor: Predictor, token_grid: tuple[int, int, int]):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self._token_grid = token_grid
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(T', H', W') tokens of a training clip; masks are sampled on this grid."""
+        return self._token_grid
+
+    def forward(self, clips: Tensor, masks: list[MaskBatch]) -> dict[str, Tensor]:
+        """clips (B, C, T, H, W), one MaskBatch per mask config -> {"loss", "target_std"}."""
+        grid = self.encoder.token_grid(*clips.shape[-3:])
+        with torch.no_grad():
+            targets = self.target_encoder(clips)  # (B, N, D): every token, no masking
+        losses = []
+        for i, m in enumerate(masks):
+            z = self.encoder(clips, keep=m.context)  # (B, Nc, D)
+            pred = self.predictor(z, m.context, m.target, grid, mask_index=i)  # (B, Nt, D)
+            losses.append(jepa_loss(pred, gather_tokens(targets, m.target)))
+        return {
+            "loss": torch.stack(losses).mean(),
+            "target_std": feature_std(normalize_targets(targets)),
+        }
+
+    @torch.no_grad()
+    def embed(self, clips: Tensor) -> Tensor:
+        """Features of every token (B, N, D) from the target encoder: the EMA weights are the
+        smoother of the two and the ones the reference evaluates and releases."""
+        return self.target_encoder(clips)
+
+
+def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
+    encoder = build_encoder(model_cfg)
+    predictor = Predictor(
+        embed_dim=encoder.embed_dim,
+        pred_embed_dim=model_cfg.pred_embed_dim,
+        depth=model_cfg.pred_depth,
+        num_heads=model_cfg.pred_num_heads,
+        num_mask_tokens=num_mask_configs,
+        activation_checkpointing=model_cfg.activation_checkpointing,
+    )
+    grid = encoder.token_grid(model_cfg.num_frames, model_cfg.img_size, model_cfg.img_size)
+    return JEPA(encoder, predictor, grid)

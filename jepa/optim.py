@@ -1,0 +1,48 @@
+"""AdamW with the reference's weight-decay split, and step-indexed learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from jepa.config import OptimConfig
+
+SCHEDULES = ("warmup_constant", "cosine")
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `module`: decay on weight matrices (and other
+    >1-D tensors such as mask tokens, as in the reference), none on biases and 1-D params."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`.
+
+    Both schedules warm up linearly from start_lr (step 0) to lr (step warmup_steps);
+    warmup_constant then stays at lr (V-JEPA 2), cosine decays to final_lr at total_steps.
+    """
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {cfg.schedule!r} (choose from {', '.join(SCHEDULES)})")
+    if step < cfg.warmup_steps:
+        return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_steps
+    if cfg.schedule == "warmup_constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,62 @@
+"""Predictor: from the context tokens' features, predict the target encoder's features at the
+masked positions.
+
+Parameters mirror the reference `VisionTransformerPredictor` with its `predictor_` prefix
+dropped (`predictor_embed` -> `embed`, `predictor_blocks` -> `blocks`, `predictor_norm` ->
+`norm`, `predictor_proj` -> `proj`; `mask_tokens.{i}` keep their name and (1, 1, D) shape).
+The reference sorts context and mask tokens by position before its blocks and unsorts after;
+attention without a mask is permutation-equivariant and RoPE travels with each token, so we
+skip the sort: outputs are the same up to float summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from jepa.rope import rope_tables
+from jepa.vit import LN_EPS, Block, init_weights, run_blocks
+
+
+class Predictor(nn.Module):
+    def __init__(
+        self,
+        embed_dim: int,
+        pred_embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 12,
+        num_mask_tokens: int = 2,
+        mlp_ratio: float = 4.0,
+        activation_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.activation_checkpointing = activation_checkpointing
+        self.embed = nn.Linear(embed_dim, pred_embed_dim)
+        # One learnable query per mask config, zero at init (the reference's zero_init_mask_tokens).
+        self.mask_tokens = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, 1, pred_embed_dim)) for _ in range(num_mask_tokens)
+        )
+        self.blocks = nn.ModuleList(Block(pred_embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(pred_embed_dim, eps=LN_EPS)
+        self.proj = nn.Linear(pred_embed_dim, embed_dim)
+        init_weights(self, self.blocks)
+
+    def forward(
+        self,
+        context: Tensor,
+        context_ids: Tensor,
+        target_ids: Tensor,
+        grid: tuple[int, int, int],
+        mask_index: int = 0,
+    ) -> Tensor:
+        """context (B, Nc, E) at token indices context_ids (B, Nc) -> predictions (B, Nt, E)
+        for target_ids (B, Nt), using mask token `mask_index`."""
+        B, n_ctx, _ = context.shape
+        x = self.embed(context)  # (B, Nc, D)
+        queries = self.mask_tokens[mask_index].expand(B, target_ids.shape[1], -1)  # (B, Nt, D)
+        x = torch.cat((x, queries), dim=1)  # (B, Nc + Nt, D)
+        ids = torch.cat((context_ids, target_ids), dim=1)  # (B, Nc + Nt)
+        cos, sin = rope_tables(ids, grid, x.shape[-1] // self.num_heads)
+        x = run_blocks(self.blocks, x, cos, sin, self.activation_checkpointing)
+        return self.proj(self.norm(x[:, n_ctx:]))  # (B, Nt, E)

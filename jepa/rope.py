@@ -1,0 +1,60 @@
+"""3D rotary position embedding over (t, h, w) token positions, laid out like V-JEPA 2.
+
+Each attention head's dims are split into three equal even-sized chunks rotated by the
+temporal, row and column index of the token; leftover dims (head_dim not divisible by 6) pass
+through unrotated. Within a chunk of size d the angles are `pos * 10000 ** (-j / (d/2))` for
+j < d/2, and — as in the reference, whose published weights were trained this way — that list of
+d/2 angles is repeated twice (not interleaved) across the d dims, while the rotation pairs
+adjacent dims (2i, 2i+1). The two dims of a pair therefore turn at slightly different rates, so
+scores are not exactly a function of the relative offset; we keep it for checkpoint fidelity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ROPE_BASE = 10000.0
+
+
+def axis_dim(head_dim: int) -> int:
+    """Dims rotated per axis: the largest even number not above head_dim // 3."""
+    return 2 * ((head_dim // 3) // 2)
+
+
+def rope_frequencies(dim: int, device: torch.device | None = None) -> Tensor:
+    """Angular frequencies of one axis chunk of `dim` dims: (dim // 2,)."""
+    j = torch.arange(dim // 2, dtype=torch.float32, device=device)
+    return ROPE_BASE ** (-j / (dim / 2))
+
+
+def grid_positions(ids: Tensor, grid: tuple[int, int, int]) -> Tensor:
+    """Flattened (t, h, w)-major token indices (..., N) -> float positions (..., N, 3)."""
+    _, height, width = grid
+    t = ids // (height * width)
+    h = (ids % (height * width)) // width
+    w = ids % width
+    return torch.stack((t, h, w), dim=-1).float()
+
+
+def rope_tables(ids: Tensor, grid: tuple[int, int, int], head_dim: int) -> tuple[Tensor, Tensor]:
+    """cos and sin tables for tokens `ids` (N,) or (B, N): each (1 or B, 1, N, 3 * axis_dim).
+
+    Computed once per forward in float32 and shared by every block; the head axis is a
+    broadcast dim.
+    """
+    d = axis_dim(head_dim)
+    omega = rope_frequencies(d, ids.device)  # (d/2,)
+    angles = grid_positions(ids, grid).unsqueeze(-1) * omega  # (..., N, 3, d/2)
+    angles = torch.cat((angles, angles), dim=-1).flatten(-2)  # (..., N, 3d): [t | h | w]
+    return angles.cos().unsqueeze(-3), angles.sin().unsqueeze(-3)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate queries or keys x (B, heads, N, head_dim); dims past the tables stay as they are."""
+    r = cos.shape[-1]
+    xr, rest = x[..., :r], x[..., r:]
+    # pair (2i, 2i+1) -> (-x[2i+1], x[2i])
+    swapped = torch.stack((-xr[..., 1::2], xr[..., 0::2]), dim=-1).flatten(-2)
+    rotated = xr * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+    return torch.cat((rotated, rest), dim=-1)

@@ -1,0 +1,202 @@
+"""Object-store access shared by every stage: S3 (AWS or the embedded SeaweedFS) or a local folder.
+
+Every function takes either an ``s3://bucket/key`` URI or a plain local path, so the same code
+writes to a bucket in production and to ``./videos`` on a laptop. Settings come from the
+environment (``JEPA_S3_ENDPOINT``, ``AWS_*``) unless passed explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+import pyarrow.fs as pafs
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+S3_SCHEME = "s3://"
+# SeaweedFS accepts any key pair unless configured otherwise; botocore still wants one to sign.
+PLACEHOLDER_KEY = "jepa-local"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the object store is and how to sign requests to it."""
+
+    endpoint: str | None = None
+    """S3 endpoint URL, e.g. ``http://127.0.0.1:8333``; ``None`` means AWS."""
+    access_key: str | None = None
+    """``None`` lets boto3/pyarrow use their default credential chain (AWS only)."""
+    secret_key: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = os.environ.get("JEPA_S3_ENDPOINT") or None
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+        if endpoint and not (access_key and secret_key):
+            access_key = secret_key = PLACEHOLDER_KEY
+        return cls(
+            endpoint=endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            region=os.environ.get("AWS_REGION") or "us-east-1",
+        )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+    etag: str
+    """S3 ETag without quotes; for local files ``"<mtime_ns>-<size>"`` (cheap change detector)."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty (bucket root)."""
+    if not is_s3(uri):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
+    return bucket, key
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto an S3 URI or local path without doubling slashes."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+_CLIENTS: dict[tuple[int, S3Settings], object] = {}
+
+
+def s3_client(settings: S3Settings | None = None):
+    """A boto3 S3 client with retries, cached per process (creating one costs ~50 ms)."""
+    settings = settings or S3Settings.from_env()
+    cache_key = (os.getpid(), settings)  # clients must not cross a fork
+    client = _CLIENTS.get(cache_key)
+    if client is None:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint,
+            aws_access_key_id=settings.access_key,
+            aws_secret_access_key=settings.secret_key,
+            region_name=settings.region,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                # Path-style works with every S3 clone; virtual-host style needs DNS per bucket.
+                s3={"addressing_style": "path"} if settings.endpoint else {},
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+        _CLIENTS[cache_key] = client
+    return client
+
+
+def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem for Ray Data / parquet readers; paths are then ``bucket/key``."""
+    settings = settings or S3Settings.from_env()
+    kwargs: dict = {"region": settings.region}
+    if settings.access_key and settings.secret_key:
+        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
+    if settings.endpoint:
+        parsed = urlparse(settings.endpoint if "://" in settings.endpoint else f"http://{settings.endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:
+    """Create the bucket unless it exists (writes to a missing bucket fail on SeaweedFS).
+
+    Accepts a bare name or an ``s3://bucket/...`` URI; a local path just gets its folder made.
+    """
+    if "/" in bucket and not is_s3(bucket):
+        Path(bucket).mkdir(parents=True, exist_ok=True)
+        return
+    name = parse_uri(bucket)[0] if is_s3(bucket) else bucket
+    client = s3_client(settings)
+    try:
+        client.head_bucket(Bucket=name)
+        return
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    try:
+        client.create_bucket(Bucket=name)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def put_bytes(uri: str, data: bytes, settings: S3Settings | None = None) -> None:
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # readers never see a half-written file
+        return
+    bucket, key = parse_uri(uri)
+    if not key:
+        raise ValueError(f"S3 URI has no object key: {uri!r}")
+    s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get_bytes(uri: str, settings: S3Settings | None = None) -> bytes:
+    """Whole object as bytes; a missing object raises ``FileNotFoundError`` for S3 and local alike."""
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = parse_uri(uri)
+    try:
+        return s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise FileNotFoundError(uri) from err
+        raise
+
+
+def _matches(name: str, suffixes: tuple[str, ...]) -> bool:
+    return not suffixes or name.lower().endswith(suffixes)
+
+
+def list_objects(
+    prefix_uri: str,
+    suffixes: Iterable[str] | None = (".mp4",),
+    settings: S3Settings | None = None,
+    page_size: int = 1000,
+) -> Iterator[ObjectInfo]:
+    """Objects under a folder-like prefix, streamed page by page (buckets may hold millions).
+
+    ``s3://b/raw`` lists ``raw/...`` (not ``raw2/...``). Suffixes match case-insensitively;
+    ``None`` or ``()`` lists everything. S3 yields keys in lexicographic order.
+    """
+    wanted = tuple(s.lower() for s in (suffixes or ()))
+    if not is_s3(prefix_uri):
+        root = Path(prefix_uri)
+        if not root.exists():
+            return
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.name.startswith(".") and _matches(path.name, wanted):
+                st = path.stat()
+                yield ObjectInfo(str(path), st.st_size, f"{st.st_mtime_ns}-{st.st_size}")
+        return
+    bucket, prefix = parse_uri(prefix_uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    paginator = s3_client(settings).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}):
+        for obj in page.get("Contents", []):
+            if _matches(obj["Key"], wanted):
+                yield ObjectInfo(f"{S3_SCHEME}{bucket}/{obj['Key']}", int(obj["Size"]), obj["ETag"].strip('"'))

@@ -1,0 +1,120 @@
+"""The `jepa` console script: one entry point, a subcommand per workflow.
+
+Heavy imports (torch, ray, mlflow) happen inside each command so `jepa --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _synth_physics(args: argparse.Namespace) -> None:
+    from pipelines.synth_physics import PhysicsConfig, synthesize
+
+    cfg = PhysicsConfig(size=args.size, fps=args.fps, seconds=args.seconds)
+    written = synthesize(args.videos, args.out, seed=args.seed, cfg=cfg)
+    print(f"wrote {len(written)} videos (+ state sidecars) to {args.out}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from jepa.config import load_config
+    from ray_jobs.pretrain import pretrain
+    from ray_jobs.tracking import run_url
+
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg, run_name=args.run_name)
+    print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
+
+
+def _serve_deploy(args: argparse.Namespace) -> None:
+    from ray_jobs.serve_app import deploy, load_serve_config
+
+    url = deploy(args.model, load_serve_config(args.config, args.overrides))
+    print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed)")
+
+
+def _serve_status(args: argparse.Namespace) -> None:
+    from ray import serve
+
+    from ray_jobs.cluster import connect
+
+    connect()
+    applications = serve.status().applications
+    if not applications:
+        print("no Serve application is running")
+    for name, app in applications.items():
+        print(f"{name}: {app.status}")
+        for dep_name, dep in app.deployments.items():
+            print(f"  {dep_name}: {dep.status} replicas={dict(dep.replica_states)} {dep.message}".rstrip())
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ray_jobs.demo import run_demo
+
+    run_demo(videos=args.videos, config=args.config, overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ray_jobs.stack import add_stack_parser
+
+    parser = argparse.ArgumentParser(prog="jepa", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add_stack_parser(sub)
+
+    synth = sub.add_parser("synth", help="generate synthetic training worlds")
+    synth_sub = synth.add_subparsers(dest="world", required=True, metavar="WORLD")
+    physics = synth_sub.add_parser("physics", help="balls under gravity with collisions and occluders",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    physics.add_argument("--videos", type=int, required=True, help="number of videos")
+    physics.add_argument("--out", required=True, help="s3://BUCKET/PREFIX or a local folder")
+    physics.add_argument("--seed", type=int, default=0, help="the same seed gives the same videos")
+    physics.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    physics.add_argument("--fps", type=int, default=16, help="frames per second")
+    physics.add_argument("--seconds", type=float, default=4.0, help="duration of each video")
+    physics.set_defaults(func=_synth_physics)
+
+    pre = sub.add_parser("pretrain", help="V-JEPA pretraining with Ray Train (DDP), tracked in MLflow")
+    pre.add_argument("--config", required=True, help="YAML run config, e.g. configs/tiny.yaml")
+    pre.add_argument("--run-name", help="MLflow run name")
+    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
+    pre.set_defaults(func=_pretrain)
+
+    srv = sub.add_parser("serve", help="Ray Serve application")
+    srv_sub = srv.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dep = srv_sub.add_parser("deploy", help="deploy a registered model as an autoscaling HTTP endpoint")
+    dep.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    dep.add_argument("--config", help="YAML serve config (autoscaling, port), e.g. configs/serve.yaml")
+    dep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. max_replicas=4")
+    dep.set_defaults(func=_serve_deploy)
+    st = srv_sub.add_parser("status", help="print the Serve application status")
+    st.set_defaults(func=_serve_status)
+
+    demo = sub.add_parser("demo", help="the whole flow end to end on the embedded stack",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate")
+    demo.add_argument("--config", default="configs/tiny.yaml", help="pretraining config")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # config and input errors: one clear line, not a traceback
+        from jepa.config import ConfigError
+
+        if isinstance(e, (ConfigError, FileNotFoundError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

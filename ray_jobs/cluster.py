@@ -1,0 +1,38 @@
+"""Connecting to Ray with the environment every task needs (storage and tracking settings)."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Variables forwarded to every Ray worker, so tasks on other nodes reach the same bucket and server.
+FORWARDED_ENV = (
+    "JEPA_S3_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "MLFLOW_TRACKING_URI",
+    "JEPA_API_TOKEN",
+)
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local one with `num_cpus` logical CPUs.
+
+    On a 2-core box, more logical CPUs than cores lets Ray Data decode while Train steps.
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    runtime_env = {"env_vars": forwarded_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+    else:
+        # address="local": never attach by accident to some other cluster running on this machine.
+        ray.init(address="local", num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+                 include_dashboard=False, runtime_env=runtime_env)

@@ -1,0 +1,72 @@
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from jepa.config import MaskConfig, ModelConfig, OptimConfig
+from jepa.masks import sample_masks
+from jepa.model import JEPA, build_jepa
+from jepa.optim import build_optimizer
+from jepa.predictor import Predictor
+from jepa.train_step import evaluate_loss, train_step
+from jepa.vit import VisionTransformer
+
+CPU = torch.device("cpu")
+MASKS = [MaskConfig(8, 0.15), MaskConfig(2, 0.7)]
+
+
+def _tiny_jepa() -> JEPA:
+    torch.manual_seed(0)
+    encoder = VisionTransformer(embed_dim=192, depth=4, num_heads=3, patch_size=8)  # tiny width, fewer blocks
+    predictor = Predictor(192, pred_embed_dim=96, depth=2, num_heads=4, num_mask_tokens=2)
+    return JEPA(encoder, predictor, encoder.token_grid(8, 32, 32))
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    model = _tiny_jepa()
+    opt = build_optimizer(model, OptimConfig())
+    # Spatially smooth clips, so masked tokens are predictable from their neighbours.
+    clips = F.interpolate(torch.randn(4, 3, 2, 2, 2), size=(8, 32, 32), mode="trilinear")
+    masks = sample_masks(model.token_grid, MASKS, 4, torch.Generator().manual_seed(0))
+    losses = [train_step(model, clips, masks, opt, 1e-3, 0.99925, CPU)["loss"] for _ in range(30)]
+    assert sum(losses[-5:]) / 5 < 0.85 * losses[0], losses
+
+
+def test_train_step_updates_and_reports():
+    model = build_jepa(ModelConfig(img_size=32, num_frames=4, patch_size=8, pred_depth=1), 2)
+    before = copy.deepcopy(model.state_dict())
+    opt = build_optimizer(model, OptimConfig())
+    clips = torch.randn(2, 3, 4, 32, 32)
+    masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
+    held_out = evaluate_loss(model, clips, masks, CPU)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    metrics = train_step(model, clips, masks, opt, lr=2e-4, momentum=0.5, device=CPU)
+    assert set(metrics) == {"loss", "lr", "target_std"} and metrics["lr"] == 2e-4
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert metrics["loss"] == held_out["loss"]
+    assert opt.param_groups[0]["lr"] == 2e-4
+    w = "blocks.0.attn.qkv.weight"
+    online, target = model.encoder.state_dict()[w], model.target_encoder.state_dict()[w]
+    old = before["encoder." + w]
+    assert not torch.equal(online, old)
+    assert torch.allclose(target, 0.5 * old + 0.5 * online, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_ddp_wrapped_model(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_jepa(ModelConfig(img_size=32, num_frames=4, patch_size=8, pred_depth=1), 2)
+        ddp = DistributedDataParallel(model)
+        opt = build_optimizer(ddp, OptimConfig())
+        masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
+        old = model.target_encoder.norm.weight.clone()
+        for _ in range(2):
+            metrics = train_step(ddp, torch.randn(2, 3, 4, 32, 32), masks, opt, 1e-3, 0.5, CPU)
+        assert metrics["loss"] > 0
+        assert not torch.equal(model.target_encoder.norm.weight, old)  # EMA reached the unwrapped module
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,127 @@
+"""The product path against the real parts: videos in SeaweedFS -> Ray Data -> Ray Train (2-worker
+gloo DDP) -> MLflow run + registry -> Ray Serve over HTTP."""
+
+import math
+import socket
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from jepa.config import load_config
+from pipelines.storage import get_bytes
+from pipelines.synth_physics import PhysicsConfig, synthesize
+from ray_jobs.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token"
+OVERRIDES = [
+    "model.img_size=32", "model.num_frames=8", "model.patch_size=8",
+    "model.pred_depth=1", "model.pred_embed_dim=64", "model.pred_num_heads=2",
+    "train.steps=4", "train.batch_size=2", "train.num_workers=2", "train.log_every=1",
+    "data.held_out_fraction=0.25", "tracking.experiment=e2e", "tracking.registered_model=jepa-e2e",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(local_stack, ray_local):
+    """One pretraining run shared by the tests below."""
+    from ray_jobs.pretrain import pretrain
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in Stack(local_stack.config).env().items():
+            if key != "RAY_ADDRESS":
+                patch.setenv(key, value)
+        patch.setenv("JEPA_API_TOKEN", TOKEN)  # forwarded to the Serve replicas at deploy time
+        mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
+        source = f"s3://{local_stack.config.bucket}/raw/e2e"
+        synthesize(12, source, seed=3, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
+        cfg = load_config("configs/tiny.yaml", OVERRIDES + [f"data.source={source}"])
+        yield cfg, pretrain(cfg)
+
+
+def test_ddp_ranks_hold_identical_parameters(trained):
+    cfg, result = trained
+    params = MlflowClient().get_run(result.run_id).data.params
+    prints = [params[f"ddp.fingerprint.rank{r}"] for r in range(cfg.train.num_workers)]
+    assert len(prints) == 2 and prints[0] == prints[1]
+
+
+def test_run_has_per_step_metrics_and_registered_alias(trained):
+    cfg, result = trained
+    client = MlflowClient()
+    losses = client.get_metric_history(result.run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(cfg.train.steps))
+    assert all(math.isfinite(m.value) for m in losses)
+    for name in ("lr", "clips_per_s", "target_std"):
+        assert client.get_metric_history(result.run_id, name), name
+    assert client.get_run(result.run_id).data.params["model.arch"] == "tiny"
+    version = client.get_model_version_by_alias("jepa-e2e", "candidate")
+    assert int(version.version) == result.version and version.run_id == result.run_id
+
+
+def test_registered_model_loads_as_pyfunc(trained):
+    cfg, _ = trained
+    model = mlflow.pyfunc.load_model("models:/jepa-e2e@candidate")
+    clips = np.random.default_rng(0).integers(0, 255, (2, 8, 32, 32, 3), dtype=np.uint8)
+    embeddings = model.predict(clips)
+    assert embeddings.shape == (2, 192) and np.isfinite(embeddings).all()
+
+
+@pytest.fixture(scope="module")
+def endpoint(trained):
+    from ray import serve
+
+    from ray_jobs.serve_app import ServeConfig, deploy
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JEPA_API_TOKEN", TOKEN)
+        url = deploy("models:/jepa-e2e@candidate",
+                     ServeConfig(port=port, max_replicas=1, num_cpus=0.25))
+    yield url
+    serve.shutdown()
+
+
+def _embed(url, data, name="clip.mp4", token=TOKEN, **form):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/v1/embed", files={"video": (name, data, "video/mp4")}, data=form,
+                         headers=headers, timeout=60)
+
+
+def test_serve_embeds_a_held_out_video_over_http(trained, endpoint):
+    cfg, result = trained
+    assert requests.get(f"{endpoint}/healthz", timeout=10).json() == {"status": "ok"}
+    info = requests.get(f"{endpoint}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+    assert info["name"] == "jepa-e2e" and info["version"] == result.version
+    assert info["token_grid"] == [4, 4, 4] and info["embed_dim"] == 192
+
+    answer = _embed(endpoint, get_bytes(result.held_out[0]))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["dim"] == 192 and len(body["embedding"]) == 192
+    assert all(math.isfinite(v) for v in body["embedding"])
+
+
+def test_bad_requests_get_4xx_json_and_the_replica_survives(trained, endpoint):
+    _, result = trained
+    video = get_bytes(result.held_out[0])
+    cases = {
+        "not a video": (_embed(endpoint, b"this is not an mp4"), 400),
+        "empty upload": (_embed(endpoint, b""), 400),
+        "truncated mp4": (_embed(endpoint, video[: len(video) // 3]), 400),
+        "negative start": (_embed(endpoint, video, start_s="-1"), 422),
+        "no file": (requests.post(f"{endpoint}/v1/embed", headers={"Authorization": f"Bearer {TOKEN}"},
+                                  timeout=30), 422),
+        "no token": (_embed(endpoint, video, token=None), 401),
+        "wrong token": (_embed(endpoint, video, token="nope"), 401),
+    }
+    for case, (response, status) in cases.items():
+        assert response.status_code == status, (case, response.status_code, response.text)
+        assert response.json()["error"], case
+    assert _embed(endpoint, video).status_code == 200
