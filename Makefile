@@ -41,5 +41,6 @@ stack-down: ## stop what stack-up started
 stack-status: ## show the local stack
 	$(JEPA) stack status
 
-clean: stack-down ## stop the stack and delete .venv and .stack
+clean: ## stop the stack and delete .venv and .stack
+	-[ -x $(JEPA) ] && $(JEPA) stack down
 	rm -rf $(VENV) .stack

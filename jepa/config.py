@@ -88,6 +88,8 @@ class DataConfig:
     """Fraction of videos kept out of training, chosen by a hash of the key."""
     decode_cpus: float = 0.5
     """Ray CPUs reserved by each decoding task."""
+    decode_tasks: int = 1
+    """Decoding tasks run at once; one keeps pace with a 2-core trainer, raise it on GPU nodes."""
 
 
 @dataclass

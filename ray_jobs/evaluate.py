@@ -48,6 +48,7 @@ def load_held_out_clips(uris: list[str], cfg: RunConfig, clips_per_video: int = 
     m = cfg.model
     ds = clip_dataset(uris * clips_per_video, num_frames=m.num_frames, fps=cfg.data.fps,
                       size=m.img_size, seed=cfg.train.seed + 1, decode_cpus=cfg.data.decode_cpus)
+    ds.context.enable_progress_bars = False
     return np.stack([row["clip"] for row in ds.take_all()])  # (N, T, H, W, 3)
 
 

@@ -28,6 +28,10 @@ from pipelines.clips import clip_dataset, list_videos, split_held_out
 from ray_jobs import tracking
 from ray_jobs.cluster import connect, forwarded_env
 
+# Train V2 tees print() into its logger as well as stdout; one copy of each progress line is enough.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """Hash of every parameter and buffer: equal across DDP ranks iff they hold identical weights."""
     h = hashlib.sha256()
@@ -117,7 +121,8 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
     clips_needed = cfg.train.steps * cfg.train.batch_size * cfg.train.num_workers
     dataset = clip_dataset(train_uris, num_frames=m.num_frames, fps=cfg.data.fps, size=m.img_size,
                            seed=cfg.train.seed, epochs=math.ceil(clips_needed / len(train_uris)) + 1,
-                           decode_cpus=cfg.data.decode_cpus)
+                           decode_cpus=cfg.data.decode_cpus, decode_tasks=cfg.data.decode_tasks)
+    dataset.context.enable_progress_bars = False  # the step lines below are the progress
     run_id = tracking.start_run(cfg, run_name)
     print(f"[pretrain] MLflow run {tracking.run_url(run_id)}", flush=True)
     trainer = TorchTrainer(
@@ -129,7 +134,7 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         datasets={"train": dataset},
-        run_config=ray.train.RunConfig(name=f"pretrain-{run_id}", worker_runtime_env={"env_vars": forwarded_env()}),
+        run_config=ray.train.RunConfig(name=f"pretrain-{run_id}", worker_runtime_env={"env_vars": WORKER_ENV | forwarded_env()}),
     )
     trainer.fit()
     versions = tracking.MlflowClient().search_model_versions(f"run_id='{run_id}'")

@@ -180,8 +180,10 @@ def pid_alive(rec: ProcRecord) -> bool:
 
 def group_members(rec: ProcRecord) -> list[int]:
     """Live processes in the recorded process group — only if that group is still ours: the leader
-    is alive, or its pid is gone entirely (a pid that is still some group's id is never reused)."""
-    if not pid_alive(rec) and _stat(rec.pid) is not None:
+    is alive, a zombie, or gone entirely (a pid that is still some group's id is never reused)."""
+    _reap(rec.pid)
+    st = _stat(rec.pid)
+    if st is not None and st[2] != rec.start_ticks:
         return []  # the pid now belongs to an unrelated process: leave its group alone
     members = []
     for entry in os.scandir("/proc"):
@@ -349,6 +351,9 @@ class Service:
     def describe(self, ports: dict[str, int]) -> str:
         raise NotImplementedError
 
+    def prepare(self, cwd: Path) -> None:
+        """Runs before the process starts in `cwd` (config files)."""
+
     def after_start(self, rec: ProcRecord) -> None:
         """Runs after every `up`, also when the service was already running."""
 
@@ -375,10 +380,16 @@ class SeaweedFS(Service):
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # 4.x extras on fixed ports 8181/9101: off
             "-master.telemetry=false",
             "-master.electionTimeout=1s",      # a restart otherwise waits ~15 s for raft to re-elect
-            "-master.volumeSizeLimitMB=1024",  # with -volume.max=0: as many 1 GB volumes as the disk
-            "-volume.max=0",                   # allows (each bucket grows 7 at once)
+            "-master.volumeSizeLimitMB=512",   # with -volume.max=0: as many 512 MB volumes as the
+            "-volume.max=0",                   # free disk allows (default: 8 x 30 GB = one bucket)
             "-volume.preStopSeconds=0",        # no 10 s heartbeat grace on stop: one node
         ]  # fmt: skip
+
+    def prepare(self, cwd: Path) -> None:
+        # weed reads ./master.toml: a bucket's first write grows 2 volumes instead of 7, so the
+        # volume budget lasts for dozens of buckets (with 7, a 12th bucket failed on 78 GB free)
+        (cwd / "master.toml").write_text("# written by `jepa stack up`\n"
+                                         "[master.volume_growth]\ncopy_1 = 2\n")
 
     def ready(self, rec: ProcRecord) -> bool:
         return _http_ok(f"http://{self.cfg.host}:{rec.ports['s3']}/", lambda code, _: code < 500)
@@ -643,6 +654,7 @@ class Stack:
     def _spawn(self, svc: Service, same_line: bool) -> ProcRecord:
         cwd = self.config.state_dir / svc.name
         cwd.mkdir(parents=True, exist_ok=True)
+        svc.prepare(cwd)
         print(f"starting {svc.title} ({svc.describe(svc.ports())})", end=" ... " if same_line else "\n",
               flush=True)
         rec = spawn(svc.name, svc.command(), self.config.state_dir / "logs" / f"{svc.name}.log",

@@ -19,7 +19,7 @@ OVERRIDES = [
     "model.img_size=32", "model.num_frames=8", "model.patch_size=8",
     "model.pred_depth=2", "model.pred_embed_dim=96", "model.pred_num_heads=4",
     "optim.lr=1e-3", "optim.start_lr=2e-4", "optim.warmup_steps=10", "optim.ema_momentum=0.99",
-    "train.steps=30", "train.batch_size=4", "data.fps=8",
+    "train.steps=40", "train.batch_size=4", "data.fps=8",
 ]
 
 
