@@ -34,5 +34,6 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
         # address="local": never attach by accident to some other cluster running on this machine.
+        # The dashboard (on 127.0.0.1) also serves the state API that Ray Train polls.
         ray.init(address="local", num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
-                 include_dashboard=False, runtime_env=runtime_env)
+                 dashboard_host="127.0.0.1", runtime_env=runtime_env)

@@ -87,7 +87,7 @@ def fresh_stack_config(state_dir: Path, *, ray: bool = False, bucket: str = "jep
     return StackConfig(
         state_dir=state_dir, bucket=bucket, s3_port=s3, weed_master_port=master,
         weed_volume_port=volume, weed_filer_port=filer, mlflow_port=mlflow, ray=ray,
-        ray_port=gcs, ray_client_port=client, ray_num_cpus=4,
+        ray_port=gcs, ray_client_port=client, ray_num_cpus=4, ray_dashboard=False,
     )  # fmt: skip
 
 

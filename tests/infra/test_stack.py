@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from ray_jobs.stack import (ProcRecord, Service, Stack, StackConfig, StackError, cli, pid_alive, spawn,
-                            stop_group)
+from ray_jobs.processes import ProcRecord, pid_alive, spawn, stop_group
+from ray_jobs.stack import Service, Stack, StackConfig, StackError, cli
 
 
 def _gone(pid: int) -> bool:
