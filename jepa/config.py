@@ -90,6 +90,14 @@ class DataConfig:
     """Ray CPUs reserved by each decoding task."""
     decode_tasks: int = 1
     """Decoding tasks run at once; one keeps pace with a 2-core trainer, raise it on GPU nodes."""
+    dataset: str = ""
+    """Ingested dataset (s3://B/datasets/NAME) to stream shards from; empty = decode `source` directly."""
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    """Random resized crop (shard mode): range of the crop area as a fraction of the frame."""
+    crop_aspect: tuple[float, float] = (0.75, 1.35)
+    """Random resized crop (shard mode): range of the crop's width/height ratio."""
+    flip: float = 0.5
+    """Probability of a horizontal flip per clip (shard mode)."""
 
 
 @dataclass

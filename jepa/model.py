@@ -53,6 +53,15 @@ class JEPA(nn.Module):
         return self.target_encoder(clips)
 
 
+def token_grid(model_cfg: ModelConfig) -> tuple[int, int, int]:
+    """(T', H', W') tokens of a training clip, without building the model (masks need it)."""
+    m = model_cfg
+    if m.num_frames % m.tubelet_size or m.img_size % m.patch_size:
+        raise ValueError(f"clip {m.num_frames}x{m.img_size}px is not divisible by tubelet "
+                         f"{m.tubelet_size} / patch {m.patch_size}")
+    return m.num_frames // m.tubelet_size, m.img_size // m.patch_size, m.img_size // m.patch_size
+
+
 def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
     encoder = build_encoder(model_cfg)
     predictor = Predictor(
@@ -63,5 +72,4 @@ def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
         num_mask_tokens=num_mask_configs,
         activation_checkpointing=model_cfg.activation_checkpointing,
     )
-    grid = encoder.token_grid(model_cfg.num_frames, model_cfg.img_size, model_cfg.img_size)
-    return JEPA(encoder, predictor, grid)
+    return JEPA(encoder, predictor, token_grid(model_cfg))

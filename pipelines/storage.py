@@ -114,6 +114,10 @@ def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
     if settings.endpoint:
         parsed = urlparse(settings.endpoint if "://" in settings.endpoint else f"http://{settings.endpoint}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
+        # The AWS C++ SDK in pyarrow signs multipart parts with checksum trailers by default;
+        # SeaweedFS 4.48 rejects those UploadPart calls ("InvalidAccessKeyId"), so every pyarrow
+        # write failed. Checksums only when required: read when each filesystem is created.
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     return pafs.S3FileSystem(**kwargs)
 
 

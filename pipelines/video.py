@@ -31,11 +31,14 @@ def encode_mp4(
     gop: int | None = None,
     preset: str = "veryfast",
     threads: int = 1,
+    tune: str | None = None,
+    x264_params: str = "mbtree=0",
 ) -> bytes:
     """H.264 (yuv420p) MP4 bytes; odd sizes are edge-padded to even (yuv420p needs even sizes).
 
     ``gop`` defaults to one keyframe per second so random clip access seeks cheaply.
     ``threads=1`` because callers parallelise across videos, not within one tiny video.
+    ``tune`` (e.g. ``fastdecode``) and ``x264_params`` go to libx264 as they are.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
@@ -52,7 +55,8 @@ def encode_mp4(
         stream.codec_context.thread_count = threads
         gop = gop or max(1, round(float(rate)))
         # mbtree=0: with it, x264 gave different bytes for identical input now and then (seen at 64 px).
-        stream.options = {"crf": str(crf), "preset": preset, "g": str(gop), "x264-params": "mbtree=0"}
+        options = {"crf": str(crf), "preset": preset, "g": str(gop), "x264-params": x264_params}
+        stream.options = options | ({"tune": tune} if tune else {})
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts, frame.time_base = i, 1 / rate

@@ -17,6 +17,30 @@ def _synth_physics(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} videos (+ state sidecars) to {args.out}")
 
 
+def _ingest(args: argparse.Namespace) -> None:
+    from pipelines.ingest import IngestError, check_access, ingest
+    from pipelines.shards import ClipSpec
+    from ray_jobs.cluster import connect
+
+    try:
+        spec = ClipSpec(fps=args.fps, short_side=args.short_side, frames=args.frames)
+        if args.batch_objects < 1:
+            raise ValueError(f"--batch-objects must be >= 1, got {args.batch_objects}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.suffixes.split(",") if s.strip())
+    try:
+        check_access(args.source, args.dataset)  # before Ray starts: fail in a second, not ten
+        connect()
+        report = ingest(args.source, args.dataset, spec, progress=not args.no_progress,
+                        batch_objects=args.batch_objects, suffixes=suffixes)
+    except IngestError as err:  # the job cannot run at all; bad objects never get here
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(report.summary())
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from jepa.config import load_config
     from ray_jobs.pretrain import pretrain
@@ -74,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     physics.add_argument("--fps", type=int, default=16, help="frames per second")
     physics.add_argument("--seconds", type=float, default=4.0, help="duration of each video")
     physics.set_defaults(func=_synth_physics)
+
+    ing = sub.add_parser("ingest", help="probe, quarantine and transcode a bucket of video into a training dataset",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ing.add_argument("source", metavar="SOURCE", help="s3://BUCKET/PREFIX or a local folder of videos")
+    ing.add_argument("--dataset", required=True, help="s3://BUCKET/datasets/NAME or a local folder")
+    ing.add_argument("--fps", type=float, default=4.0, help="frame rate of the training segments")
+    ing.add_argument("--short-side", type=int, default=288, help="short side of stored frames in pixels (even)")
+    ing.add_argument("--frames", type=int, default=16, help="frames per training segment")
+    ing.add_argument("--batch-objects", type=int, default=16, help="objects per Ray task, and so per shard file")
+    ing.add_argument("--suffixes", default=".mp4,.m4v,.mov,.mkv,.webm,.avi,.mpg,.mpeg,.ts,.3gp",
+                     help="comma-separated file suffixes to ingest; other objects are ignored")
+    ing.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    ing.set_defaults(func=_ingest)
 
     pre = sub.add_parser("pretrain", help="V-JEPA pretraining with Ray Train (DDP), tracked in MLflow")
     pre.add_argument("--config", required=True, help="YAML run config, e.g. configs/tiny.yaml")

@@ -19,12 +19,13 @@ from ray.train.torch import TorchTrainer
 
 from jepa.checkpoint import save_model
 from jepa.config import RunConfig, from_dict
-from jepa.masks import sample_masks
-from jepa.model import JEPA, build_jepa
+from jepa.masks import masks_from_flags
+from jepa.model import build_jepa, token_grid
 from jepa.optim import build_optimizer, lr_at
 from jepa.train_step import train_step
 from jepa.transforms import clips_to_tensor
-from pipelines.clips import clip_dataset, list_videos, split_held_out
+from pipelines.clips import clip_dataset, list_videos, shard_clip_dataset, split_held_out
+from pipelines.shards import load_dataset_info
 from ray_jobs import tracking
 from ray_jobs.cluster import connect, forwarded_env
 
@@ -41,10 +42,10 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _clip_batches(shard, batch_size: int) -> Iterator[torch.Tensor]:
+def _clip_batches(shard, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """The dataset holds enough epochs for every step; the equal split keeps DDP ranks in step."""
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
-        yield batch["clip"]  # (B, T, H, W, 3) uint8
+        yield batch  # clip: (B, T, H, W, 3) uint8, target_masks: (B, K, N) bool
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -57,7 +58,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plain = build_jepa(cfg.model, num_mask_configs=len(cfg.masks))
     model = ray.train.torch.prepare_model(plain)
     optimizer = build_optimizer(plain, cfg.optim)
-    mask_rng = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
     logger = tracking.MetricLogger(loop_config["run_id"]) if rank == 0 else None
 
     clips_iter = _clip_batches(ray.train.get_dataset_shard("train"), cfg.train.batch_size)
@@ -66,8 +66,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batch = next(clips_iter, None)
         if batch is None:
             raise RuntimeError(f"rank {rank} ran out of clips at step {step}: too many undecodable videos?")
-        clips = clips_to_tensor(batch, device)
-        masks = sample_masks(plain.token_grid, cfg.masks, clips.shape[0], mask_rng)
+        clips = clips_to_tensor(batch["clip"], device)
+        masks = masks_from_flags(batch["target_masks"])  # drawn in the data pipeline
         lr = lr_at(step, cfg.optim, cfg.train.steps)
         metrics = train_step(model, clips, masks, optimizer, lr, cfg.optim.ema_momentum, device)
         steps_since += 1
@@ -106,23 +106,42 @@ class PretrainResult:
     held_out: list[str]
 
 
-def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
-    """Train with Ray Train on the videos under `cfg.data.source`; returns the registered model."""
-    connect()
-    uris = list_videos(cfg.data.source)
-    train_uris, held_out = split_held_out(uris, cfg.data.held_out_fraction)
-    if len(train_uris) < cfg.train.num_workers * cfg.train.batch_size:
-        raise SystemExit(
-            f"{cfg.data.source} holds {len(uris)} videos ({len(train_uris)} for training): need at least "
-            f"{cfg.train.num_workers * cfg.train.batch_size} (num_workers x batch_size) to train"
-        )
-    print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
-    m = cfg.model
+def build_dataset(cfg: RunConfig):
+    """Clips + masks for training: from an ingested dataset's shards (`data.dataset`), or straight
+    from the raw videos under `data.source` (direct mode). Returns (dataset, held-out video URIs)."""
+    d, m = cfg.data, cfg.model
     clips_needed = cfg.train.steps * cfg.train.batch_size * cfg.train.num_workers
-    dataset = clip_dataset(train_uris, num_frames=m.num_frames, fps=cfg.data.fps, size=m.img_size,
-                           seed=cfg.train.seed, epochs=math.ceil(clips_needed / len(train_uris)) + 1,
-                           decode_cpus=cfg.data.decode_cpus, decode_tasks=cfg.data.decode_tasks)
+    common = dict(num_frames=m.num_frames, size=m.img_size, fps=d.fps, seed=cfg.train.seed,
+                  decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks,
+                  mask_grid=token_grid(m), mask_cfgs=cfg.masks)
+    if d.dataset:
+        info = load_dataset_info(d.dataset) or {}
+        segments = int(info.get("counts", {}).get("segments", 0)) or clips_needed
+        usable = max(1, int(segments * (1 - d.held_out_fraction)))
+        dataset = shard_clip_dataset(d.dataset, epochs=math.ceil(clips_needed / usable) + 1,
+                                     crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
+                                     held_out_fraction=d.held_out_fraction, **common)
+        held_out: list[str] = []
+        print(f"[pretrain] {segments} segments in {d.dataset}", flush=True)
+    else:
+        uris = list_videos(d.source)
+        train_uris, held_out = split_held_out(uris, d.held_out_fraction)
+        if len(train_uris) < cfg.train.num_workers * cfg.train.batch_size:
+            raise SystemExit(
+                f"{d.source} holds {len(uris)} videos ({len(train_uris)} for training): need at least "
+                f"{cfg.train.num_workers * cfg.train.batch_size} (num_workers x batch_size) to train"
+            )
+        dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, **common)
+        print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
     dataset.context.enable_progress_bars = False  # the step lines below are the progress
+    return dataset, held_out
+
+
+def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
+    """Train with Ray Train on `cfg.data.dataset` (shards) or `cfg.data.source` (raw videos);
+    returns the registered model."""
+    connect()
+    dataset, held_out = build_dataset(cfg)
     run_id = tracking.start_run(cfg, run_name)
     print(f"[pretrain] MLflow run {tracking.run_url(run_id)}", flush=True)
     trainer = TorchTrainer(

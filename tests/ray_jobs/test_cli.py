@@ -5,7 +5,7 @@ import pytest
 
 from ray_jobs.cli import main
 
-COMMANDS = [[], ["stack"], ["synth", "physics"], ["pretrain"], ["serve", "deploy"], ["serve", "status"], ["demo"]]
+COMMANDS = [[], ["stack"], ["synth", "physics"], ["ingest"], ["pretrain"], ["serve", "deploy"], ["serve", "status"], ["demo"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "jepa")

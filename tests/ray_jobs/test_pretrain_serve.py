@@ -27,10 +27,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def trained(local_stack, ray_local):
-    """One pretraining run shared by the tests below."""
-    from ray_jobs.pretrain import pretrain
-
+def stack_env(local_stack, ray_local):
+    """The stack's client variables, and 12 synthetic videos under `source`."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in Stack(local_stack.config).env().items():
             if key != "RAY_ADDRESS":
@@ -39,8 +37,35 @@ def trained(local_stack, ray_local):
         mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
         source = f"s3://{local_stack.config.bucket}/raw/e2e"
         synthesize(12, source, seed=3, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
-        cfg = load_config("configs/tiny.yaml", OVERRIDES + [f"data.source={source}"])
-        yield cfg, pretrain(cfg)
+        yield source
+
+
+@pytest.fixture(scope="module")
+def trained(stack_env):
+    """One pretraining run (direct mode: clips decoded from the raw videos) shared below."""
+    from ray_jobs.pretrain import pretrain
+
+    cfg = load_config("configs/tiny.yaml", OVERRIDES + [f"data.source={stack_env}"])
+    return cfg, pretrain(cfg)
+
+
+def test_pretrain_streams_ingested_shards(stack_env, local_stack):
+    from pipelines.ingest import ingest
+    from pipelines.shards import ClipSpec
+    from ray_jobs.pretrain import pretrain
+
+    dataset = f"s3://{local_stack.config.bucket}/datasets/e2e"
+    report = ingest(stack_env, dataset, ClipSpec(fps=8, short_side=32, frames=8), progress=False)
+    assert report.segments == 12, report.summary()
+    cfg = load_config("configs/tiny.yaml", OVERRIDES + [
+        f"data.dataset={dataset}", "data.held_out_fraction=0", "train.steps=3",
+        "tracking.registered_model=jepa-e2e-shards",
+    ])
+    result = pretrain(cfg)
+    losses = MlflowClient().get_metric_history(result.run_id, "loss")
+    assert sorted(m.step for m in losses) == [0, 1, 2]
+    params = MlflowClient().get_run(result.run_id).data.params
+    assert params["ddp.fingerprint.rank0"] == params["ddp.fingerprint.rank1"]
 
 
 def test_ddp_ranks_hold_identical_parameters(trained):
