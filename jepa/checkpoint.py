@@ -12,6 +12,8 @@ import torch
 
 from jepa.config import RunConfig, from_dict
 from jepa.model import JEPA, build_jepa
+# The V-JEPA 2 release layout (facebookresearch/vjepa2 .pt files): see jepa/vjepa2.py.
+from jepa.vjepa2 import export_vjepa2, load_vjepa2  # noqa: F401
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"

@@ -25,7 +25,7 @@ def axis_dim(head_dim: int) -> int:
 def rope_frequencies(dim: int, device: torch.device | None = None) -> Tensor:
     """Angular frequencies of one axis chunk of `dim` dims: (dim // 2,)."""
     j = torch.arange(dim // 2, dtype=torch.float32, device=device)
-    return ROPE_BASE ** (-j / (dim / 2))
+    return 1.0 / ROPE_BASE ** (j / (dim / 2))  # written as the reference does: bit-identical tables
 
 
 def grid_positions(ids: Tensor, grid: tuple[int, int, int]) -> Tensor:
