@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JEPA := $(VENV)/bin/jepa
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-unit bench bench-data stack-up stack-down stack-status clean
+.PHONY: help setup demo test test-unit bench bench-data bench-train stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench: setup ## benchmarks that print figures (train-step throughput)
 bench-data: setup ## data-loading benchmark: clips/s per core and RSS, reference (decord) vs direct vs shards
 	-$(PY) -m pip install --quiet --no-deps --target .bench/decordlib decord==0.6.0
 	$(PY) bench/bench_data.py $$([ -d .bench/decordlib/decord ] && echo --decord-path .bench/decordlib)
+
+bench-train: setup ## Ray Train overhead: the same tiny-model steps in a 1-worker TorchTrainer vs a plain PyTorch loop
+	$(PY) bench/bench_train_overhead.py --steps 40 --threads 1
 
 stack-up: setup ## start the local stack (SeaweedFS :8333, MLflow :5000, Ray head)
 	$(JEPA) stack up

@@ -72,7 +72,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        metrics = train_step(model, clips, masks[step], optimizer, 1e-4, 0.99925, device)
+        metrics = train_step(model, [(clips, masks[step])], optimizer, 1e-4, 0.99925, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start

@@ -116,6 +116,37 @@ class TrainConfig:
     """Seed for weights, masks and data order."""
     log_every: int = 10
     """Steps between metric logs."""
+    global_batch_size: int = 0
+    """Clips per optimizer step over all workers; 0 = num_workers x batch_size. A larger value is
+    reached by gradient accumulation and must be a multiple of num_workers x batch_size."""
+    checkpoint_every: int = 0
+    """Optimizer steps between checkpoints to object storage; 0 = only the final one."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in storage (the oldest are deleted); the latest is always kept."""
+    checkpoint_uri: str = ""
+    """Where runs keep their checkpoints (s3://B/P or a local folder); empty = s3://B/checkpoints
+    in the bucket of `data.dataset` (or `data.source`)."""
+    run_name: str = ""
+    """Name of the training run, the folder under `checkpoint_uri`; relaunching with the same name
+    resumes from its latest checkpoint (and MLflow run). Empty = a new `pretrain-<MLflow run id>`."""
+    max_failures: int = 3
+    """Worker-group failures Ray Train recovers from (restart from the latest checkpoint); -1 = no limit."""
+
+    def __post_init__(self) -> None:
+        self.accumulation_steps  # validates global_batch_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step on each worker: global / (num_workers x batch_size)."""
+        per_step = self.num_workers * self.batch_size
+        if self.global_batch_size == 0:
+            return 1
+        if self.global_batch_size < 0 or self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size: {self.global_batch_size} is not a positive multiple of "
+                f"num_workers x batch_size = {self.num_workers} x {self.batch_size} = {per_step}"
+            )
+        return self.global_batch_size // per_step
 
 
 @dataclass

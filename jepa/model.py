@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from jepa.config import ModelConfig
 from jepa.masks import MaskBatch
-from jepa.objective import feature_std, jepa_loss, normalize_targets
+from jepa.objective import effective_rank, feature_std, jepa_loss, normalize_targets
 from jepa.predictor import Predictor
 from jepa.vit import VisionTransformer, build_encoder, gather_tokens
 
@@ -32,7 +32,10 @@ class JEPA(nn.Module):
         return self._token_grid
 
     def forward(self, clips: Tensor, masks: list[MaskBatch]) -> dict[str, Tensor]:
-        """clips (B, C, T, H, W), one MaskBatch per mask config -> {"loss", "target_std"}."""
+        """clips (B, C, T, H, W), one MaskBatch per mask config -> {"loss", "target_std", "effective_rank"}.
+
+        The last two are collapse diagnostics of the layer-normed target features (no grad).
+        """
         grid = self.encoder.token_grid(*clips.shape[-3:])
         with torch.no_grad():
             targets = self.target_encoder(clips)  # (B, N, D): every token, no masking
@@ -41,9 +44,11 @@ class JEPA(nn.Module):
             z = self.encoder(clips, keep=m.context)  # (B, Nc, D)
             pred = self.predictor(z, m.context, m.target, grid, mask_index=i)  # (B, Nt, D)
             losses.append(jepa_loss(pred, gather_tokens(targets, m.target)))
+        normed = normalize_targets(targets)
         return {
             "loss": torch.stack(losses).mean(),
-            "target_std": feature_std(normalize_targets(targets)),
+            "target_std": feature_std(normed),
+            "effective_rank": effective_rank(normed),  # SVD of <= 1024 tokens: bounded cost
         }
 
     @torch.no_grad()

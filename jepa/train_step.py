@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -15,39 +17,58 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+MicroBatch = tuple[Tensor, list[MaskBatch]]
+"""Normalised clips (B, 3, T, H, W) and one MaskBatch per mask config."""
+
+
+def _diagnostics(out: dict[str, Tensor]) -> dict[str, float]:
+    """Collapse statistics of the target features (see `jepa.objective.collapse_warning`)."""
+    return {"target_std": out["target_std"].item(), "effective_rank": out["effective_rank"].item()}
+
+
 def train_step(
     model: nn.Module,
-    clips: Tensor,
-    masks: list[MaskBatch],
+    micro_batches: list[MicroBatch],
     optimizer: torch.optim.Optimizer,
     lr: float,
     momentum: float,
     device: torch.device,
 ) -> dict[str, float]:
-    """Update `model` (a JEPA, possibly DDP-wrapped) on normalised clips (B, 3, T, H, W).
+    """One optimizer step of `model` (a JEPA, possibly DDP-wrapped) over `micro_batches`.
 
-    bf16 needs no loss scaling, and the reference clips no gradients.
+    Gradients of the micro-batches accumulate (each loss scaled by 1/len, so k micro-batches of
+    B clips equal one batch of k*B); under DDP only the last backward all-reduces. Then one AdamW
+    step and one EMA update. bf16 needs no loss scaling, and the reference clips no gradients.
     """
     set_lr(optimizer, lr)
-    clips = clips.to(device, non_blocking=True)
-    masks = [m.to(device, non_blocking=True) for m in masks]
-    with _autocast(device):
-        out = model(clips, masks)
-    out["loss"].backward()
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    loss = 0.0
+    diagnostics = {"target_std": 0.0, "effective_rank": 0.0}  # means over the micro-batches
+    for i, (clips, masks) in enumerate(micro_batches):
+        clips = clips.to(device, non_blocking=True)
+        masks = [m.to(device, non_blocking=True) for m in masks]
+        last = i == len(micro_batches) - 1
+        with model.no_sync() if ddp and not last else contextlib.nullcontext():
+            with _autocast(device):
+                out = model(clips, masks)
+            (out["loss"] / len(micro_batches)).backward()
+        loss += out["loss"].item() / len(micro_batches)
+        for k, v in _diagnostics(out).items():
+            diagnostics[k] += v / len(micro_batches)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    jepa = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    jepa = model.module if ddp else model
     ema_update(jepa.target_encoder, jepa.encoder, momentum)
-    return {"loss": out["loss"].item(), "lr": lr, "target_std": out["target_std"].item()}
+    return {"loss": loss, "lr": lr, **diagnostics}
 
 
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module, clips: Tensor, masks: list[MaskBatch], device: torch.device
 ) -> dict[str, float]:
-    """The training loss and collapse statistic on held-out clips, without updating anything."""
+    """The training loss and collapse statistics on held-out clips, without updating anything."""
     clips = clips.to(device, non_blocking=True)
     masks = [m.to(device, non_blocking=True) for m in masks]
     with _autocast(device):
         out = model(clips, masks)
-    return {"loss": out["loss"].item(), "target_std": out["target_std"].item()}
+    return {"loss": out["loss"].item(), **_diagnostics(out)}

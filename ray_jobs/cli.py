@@ -73,6 +73,35 @@ def _serve_status(args: argparse.Namespace) -> None:
             print(f"  {dep_name}: {dep.status} replicas={dict(dep.replica_states)} {dep.message}".rstrip())
 
 
+def _models_promote(args: argparse.Namespace) -> None:
+    from ray_jobs.tracking import RegistryError, promote
+
+    try:
+        previous = promote(args.name, args.version, alias=args.alias)
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    was = f"previous @{args.alias}: v{previous}" if previous is not None else f"no previous @{args.alias}"
+    print(f"models:/{args.name}@{args.alias} -> v{args.version} ({was})")
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    from datetime import datetime, timezone
+
+    from ray_jobs.tracking import RegistryError, list_versions
+
+    try:
+        versions = list_versions(args.name)
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{'version':>7}  {'aliases':<22} {'run_id':<32}  created (UTC)     status")
+    for v in versions:
+        created = datetime.fromtimestamp(v["created_ms"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        aliases = ",".join(f"@{a}" for a in v["aliases"]) or "-"
+        print(f"{v['version']:>7}  {aliases:<22} {v['run_id'] or '-':<32}  {created}  {v['status']}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ray_jobs.demo import run_demo
 
@@ -127,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     dep.set_defaults(func=_serve_deploy)
     st = srv_sub.add_parser("status", help="print the Serve application status")
     st.set_defaults(func=_serve_status)
+
+    mod = sub.add_parser("models", help="the MLflow model registry: list versions, promote one to @champion")
+    mod_sub = mod.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prom = mod_sub.add_parser("promote", help="point models:/NAME@champion at VERSION; prints the previous one",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    prom.add_argument("name", metavar="NAME", help="registered model name, e.g. jepa-tiny")
+    prom.add_argument("version", metavar="VERSION", type=int, help="registered version number")
+    prom.add_argument("--alias", default="champion", help="alias to move")
+    prom.set_defaults(func=_models_promote)
+    lst = mod_sub.add_parser("list", help="versions of a registered model with their aliases and runs")
+    lst.add_argument("name", metavar="NAME", help="registered model name, e.g. jepa-tiny")
+    lst.set_defaults(func=_models_list)
 
     demo = sub.add_parser("demo", help="the whole flow end to end on the embedded stack",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)

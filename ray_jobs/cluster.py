@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -12,6 +13,7 @@ FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_REGION",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",  # pyarrow S3 writes to SeaweedFS (pipelines.storage.pyarrow_fs)
     "MLFLOW_TRACKING_URI",
     "JEPA_API_TOKEN",
 )
@@ -19,6 +21,13 @@ FORWARDED_ENV = (
 
 def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _job_env_keys() -> set[str]:
+    """Env vars the submitted Ray job (`ray job submit --runtime-env-json`) already sets: Ray refuses
+    a driver whose own runtime env repeats one of them ("Failed to merge the Job's runtime env")."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    return set(json.loads(raw).get("runtime_env", {}).get("env_vars", {})) if raw else set()
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -29,7 +38,8 @@ def connect(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    runtime_env = {"env_vars": forwarded_env()}
+    job_keys = _job_env_keys()
+    runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_keys}}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:

@@ -411,6 +411,9 @@ class Stack:
             "AWS_REGION": c.region,
             "AWS_DEFAULT_REGION": c.region,  # what boto3 itself reads
             "MLFLOW_TRACKING_URI": f"http://{c.host}:{port('mlflow', 'http', c.mlflow_port)}",
+            # pyarrow's S3 client (Ray Train checkpoints, Ray Data writes) must not send checksum
+            # trailers, which SeaweedFS rejects; every process that writes needs it (FIELD_NOTES)
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
         }
         if c.ray or self._record(RayHead.name) is not None:
             env["RAY_ADDRESS"] = f"{c.host}:{port(RayHead.name, 'gcs', c.ray_port)}"

@@ -1,5 +1,6 @@
-"""MLflow glue: one run per pretraining job, per-step metrics from rank 0, and the trained model
-logged as a pyfunc (our checkpoint folder inside) and registered under an alias."""
+"""MLflow glue: one run per pretraining job, per-step metrics from rank 0, a loss-curve plot, the
+trained model logged as a pyfunc (our checkpoint folder inside) and registered under an alias
+(`@candidate`), and promotion of a registered version to `@champion`."""
 
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ def git_sha() -> str:
 
 
 def start_run(cfg: RunConfig, run_name: str | None = None) -> str:
-    """Create the job's run with the resolved config as params; returns its id."""
+    """Create the job's run with the resolved config and the git SHA as params (the SHA also as a
+    tag, to filter runs by); returns its id."""
     mlflow.set_experiment(cfg.tracking.experiment)
+    sha = git_sha()
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params(flatten(cfg.to_dict()))
-        mlflow.set_tags({"git_sha": git_sha(), "jepa.arch": cfg.model.arch})
+        mlflow.log_params(flatten(cfg.to_dict()) | {"git_sha": sha})
+        mlflow.set_tags({"git_sha": sha, "jepa.arch": cfg.model.arch})
     return run.info.run_id
 
 
@@ -143,3 +146,85 @@ def resolve_model_version(model_uri: str) -> dict[str, Any]:
         name, version = ref.rsplit("/", 1)
         mv = client.get_model_version(name, version)
     return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id, "uri": model_uri}
+
+
+CHAMPION_ALIAS = "champion"
+CURVE_METRICS = ("loss", "target_std", "effective_rank")
+LOSS_CURVE_ARTIFACT = "plots/loss_curve.png"
+
+
+class RegistryError(LookupError):
+    """A registered model or version that does not exist; the message names it."""
+
+
+def _check_version(client: MlflowClient, name: str, version: str | int) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model named {name!r} at {mlflow.get_tracking_uri()}") from None
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name} has no version {version} (versions: {known or 'none'})") from None
+
+
+def promote(name: str, version: str | int, alias: str = CHAMPION_ALIAS) -> int | None:
+    """Point `models:/NAME@alias` at `version`; returns the version it pointed at before, if any."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    _check_version(client, name, version)
+    try:
+        previous: int | None = int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, str(version))
+    return previous
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of a registered model, newest first: version, aliases, run id, creation time
+    (ms since the epoch) and status."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model named {name!r} at {mlflow.get_tracking_uri()}") from None
+    aliases: dict[int, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases.setdefault(int(version), []).append(alias)
+    versions = client.search_model_versions(f"name='{name}'")
+    return [
+        {"version": int(v.version), "aliases": sorted(aliases.get(int(v.version), [])),
+         "run_id": v.run_id, "created_ms": v.creation_timestamp, "status": v.status}
+        for v in sorted(versions, key=lambda v: -int(v.version))
+    ]
+
+
+def log_loss_curve(run_id: str, artifact_file: str = LOSS_CURVE_ARTIFACT) -> str:
+    """Plot the run's `loss` history (and `target_std`, `effective_rank` when logged) against the
+    step, one panel each, and log it to the run as a PNG; returns the artifact path."""
+    from matplotlib.figure import Figure  # not pyplot: no backend or global figure state involved
+
+    client = MlflowClient()
+    histories = {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+                 for name in CURVE_METRICS}
+    histories = {name: points for name, points in histories.items() if points}
+    if "loss" not in histories:
+        raise ValueError(f"run {run_id} has no 'loss' metric to plot")
+    fig = Figure(figsize=(7, 2.2 * len(histories)), layout="constrained")
+    axes = fig.subplots(len(histories), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, points) in zip(axes, histories.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="." if len(points) < 50 else None, linewidth=1.2)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"run {run_id[:8]}")
+    axes[-1].set_xlabel("step")
+    client.log_figure(run_id, fig, artifact_file)
+    return artifact_file

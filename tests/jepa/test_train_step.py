@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa.config import MaskConfig, ModelConfig, OptimConfig
-from jepa.masks import sample_masks
+from jepa.masks import MaskBatch, sample_masks
 from jepa.model import JEPA, build_jepa
 from jepa.optim import build_optimizer
 from jepa.predictor import Predictor
@@ -28,7 +28,7 @@ def test_loss_decreases_on_a_fixed_batch():
     # Spatially smooth clips, so masked tokens are predictable from their neighbours.
     clips = F.interpolate(torch.randn(4, 3, 2, 2, 2), size=(8, 32, 32), mode="trilinear")
     masks = sample_masks(model.token_grid, MASKS, 4, torch.Generator().manual_seed(0))
-    losses = [train_step(model, clips, masks, opt, 1e-3, 0.99925, CPU)["loss"] for _ in range(30)]
+    losses = [train_step(model, [(clips, masks)], opt, 1e-3, 0.99925, CPU)["loss"] for _ in range(30)]
     assert sum(losses[-5:]) / 5 < 0.85 * losses[0], losses
 
 
@@ -40,8 +40,8 @@ def test_train_step_updates_and_reports():
     masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
     held_out = evaluate_loss(model, clips, masks, CPU)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    metrics = train_step(model, clips, masks, opt, lr=2e-4, momentum=0.5, device=CPU)
-    assert set(metrics) == {"loss", "lr", "target_std"} and metrics["lr"] == 2e-4
+    metrics = train_step(model, [(clips, masks)], opt, lr=2e-4, momentum=0.5, device=CPU)
+    assert set(metrics) == {"loss", "lr", "target_std", "effective_rank"} and metrics["lr"] == 2e-4
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["loss"] == held_out["loss"]
     assert opt.param_groups[0]["lr"] == 2e-4
@@ -65,8 +65,31 @@ def test_ddp_wrapped_model(tmp_path):
         masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
         old = model.target_encoder.norm.weight.clone()
         for _ in range(2):
-            metrics = train_step(ddp, torch.randn(2, 3, 4, 32, 32), masks, opt, 1e-3, 0.5, CPU)
+            metrics = train_step(ddp, [(torch.randn(2, 3, 4, 32, 32), masks)], opt, 1e-3, 0.5, CPU)
         assert metrics["loss"] > 0
         assert not torch.equal(model.target_encoder.norm.weight, old)  # EMA reached the unwrapped module
     finally:
         dist.destroy_process_group()
+
+
+def _rows(masks, rows):
+    return [MaskBatch(m.context[rows], m.target[rows]) for m in masks]
+
+
+def test_accumulating_two_micro_batches_equals_one_batch_of_their_union():
+    base = build_jepa(ModelConfig(img_size=32, num_frames=4, patch_size=8, pred_depth=1), 2)
+    whole, accumulated = copy.deepcopy(base), copy.deepcopy(base)
+    clips = torch.randn(4, 3, 4, 32, 32)
+    masks = sample_masks(base.token_grid, MASKS, 4, torch.Generator().manual_seed(0))  # equal counts per row
+    # SGD: the update is proportional to the gradient. (AdamW's first step is ~lr * sign(grad), which
+    # turns float rounding in near-zero gradients into lr-sized differences.)
+    opt_whole = torch.optim.SGD([p for p in whole.parameters() if p.requires_grad], lr=1.0)
+    opt_acc = torch.optim.SGD([p for p in accumulated.parameters() if p.requires_grad], lr=1.0)
+    m1 = train_step(whole, [(clips, masks)], opt_whole, 1.0, 0.9, CPU)
+    m2 = train_step(accumulated, [(clips[:2], _rows(masks, slice(0, 2))), (clips[2:], _rows(masks, slice(2, 4)))],
+                    opt_acc, 1.0, 0.9, CPU)
+    assert abs(m1["loss"] - m2["loss"]) < 1e-5
+    for (name, a), b in zip(whole.state_dict().items(), accumulated.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # target encoder included: one EMA update each
+    assert not torch.equal(whole.encoder.state_dict()["blocks.0.attn.qkv.weight"],
+                           base.encoder.state_dict()["blocks.0.attn.qkv.weight"])

@@ -47,7 +47,7 @@ def test_pretraining_beats_initialisation_on_held_out_videos():
     for step in range(cfg.train.steps):
         batch = clips_to_tensor(train[order.choice(len(train), cfg.train.batch_size, replace=False)])
         masks = sample_masks(model.token_grid, cfg.masks, batch.shape[0], rng)
-        train_step(model, batch, masks, optimizer, lr_at(step, cfg.optim, cfg.train.steps),
+        train_step(model, [(batch, masks)], optimizer, lr_at(step, cfg.optim, cfg.train.steps),
                    cfg.optim.ema_momentum, torch.device("cpu"))
 
     report = held_out_report(model, cfg, held_out)
