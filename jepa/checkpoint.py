@@ -43,7 +43,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     """Rebuild the model from its config and load all three networks strictly."""
     folder = Path(folder)
     cfg = from_dict(RunConfig, json.loads((folder / CONFIG_FILE).read_text()))
-    model = build_jepa(cfg.model, num_mask_configs=len(cfg.masks))
+    model = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     missing = set(NETWORKS) - set(weights)
     if missing:

@@ -54,6 +54,24 @@ class MaskConfig:
     """Range of block height/width ratios."""
 
 
+@dataclass
+class ImageMaskConfig:
+    """I-JEPA multiblock-2D masks (image mode): target blocks plus one context block on a (1, H, W)
+    grid. Targets are the union of the target blocks, the context is the context block minus them."""
+
+    num_targets: int = 4
+    """Target blocks sampled per image; their union is one mask config (K = 1)."""
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    """Range of each target block's area as a fraction of the grid."""
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    """Range of target block height/width ratios."""
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    """Range of the context block's area as a fraction of the grid (aspect ratio 1)."""
+
+
+MODALITIES = ("video", "image")
+
+
 def _default_masks() -> list[MaskConfig]:
     return [MaskConfig(8, 0.15), MaskConfig(2, 0.7)]
 
@@ -98,6 +116,13 @@ class DataConfig:
     """Random resized crop (shard mode): range of the crop's width/height ratio."""
     flip: float = 0.5
     """Probability of a horizontal flip per clip (shard mode)."""
+    modality: str = "video"
+    """video (V-JEPA: .mp4 clips, `masks`) or image (I-JEPA: .jpg/.jpeg/.png under `source` trained as
+    1-frame clips with `image_masks`; needs model.num_frames = 1)."""
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"data.modality: {self.modality!r} is not one of {', '.join(MODALITIES)}")
 
 
 @dataclass
@@ -163,10 +188,20 @@ class TrackingConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masks: list[MaskConfig] = field(default_factory=_default_masks)
+    image_masks: ImageMaskConfig = field(default_factory=ImageMaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.modality == "image" and self.model.num_frames != 1:
+            raise ConfigError(f"model.num_frames: must be 1 with data.modality=image, got {self.model.num_frames}")
+
+    @property
+    def num_mask_configs(self) -> int:
+        """Mask configs per clip: len(masks) for video; 1 for images (the target blocks' union)."""
+        return 1 if self.data.modality == "image" else len(self.masks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

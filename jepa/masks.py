@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from jepa.config import MaskConfig
+from jepa.config import ImageMaskConfig, MaskConfig
 
 
 @dataclass
@@ -91,24 +91,37 @@ class MultiBlockMaskGenerator:
         return cut_to_batch_minimum(self.target_flags(batch_size, generator))
 
 
-def cut_to_batch_minimum(target: Tensor) -> MaskBatch:
-    """(B, N) bool target flags -> MaskBatch, both index lists cut to the batch minimum."""
+def cut_to_batch_minimum(target: Tensor, context: Tensor | None = None) -> MaskBatch:
+    """(B, N) bool target flags -> MaskBatch, both index lists cut to the batch minimum.
+
+    The context is the complement of the targets unless (B, N) bool ``context`` flags are given
+    (I-JEPA: the context block minus the targets)."""
     if target.dtype != torch.bool or target.ndim != 2:
         raise ValueError(f"expected (B, N) bool target flags, got {target.dtype} {tuple(target.shape)}")
+    if context is None:
+        context = ~target
+    elif context.dtype != torch.bool or context.shape != target.shape:
+        raise ValueError(f"context flags {context.dtype} {tuple(context.shape)} do not match targets {tuple(target.shape)}")
     n_target = int(target.sum(dim=1).min())
-    n_context = int((~target).sum(dim=1).min())
+    n_context = int(context.sum(dim=1).min())
     # A stable sort on the 0/1 key lists the wanted indices first, in ascending order.
     target_ids = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, :n_target]
-    context_ids = torch.sort(target.to(torch.uint8), dim=1, stable=True).indices[:, :n_context]
+    context_ids = torch.sort((~context).to(torch.uint8), dim=1, stable=True).indices[:, :n_context]
     return MaskBatch(context=context_ids, target=target_ids)
 
 
-def masks_from_flags(flags: Tensor) -> list[MaskBatch]:
+def masks_from_flags(flags: Tensor, context: Tensor | None = None) -> list[MaskBatch]:
     """(B, K, N) bool per-clip target flags (one row per mask config, as the data pipeline makes
-    them) -> one MaskBatch per config, cut to this batch's minimum as the reference does."""
+    them) -> one MaskBatch per config, cut to this batch's minimum as the reference does.
+
+    Video clips carry only target flags (context = their complement); images (I-JEPA) also carry
+    (B, K, N) ``context`` flags, since their context is a block minus the targets."""
     if flags.ndim != 3:
         raise ValueError(f"expected (B, K, N) target flags, got shape {tuple(flags.shape)}")
-    return [cut_to_batch_minimum(flags[:, k].to(torch.bool)) for k in range(flags.shape[1])]
+    if context is not None and context.shape != flags.shape:
+        raise ValueError(f"context flags {tuple(context.shape)} do not match target flags {tuple(flags.shape)}")
+    return [cut_to_batch_minimum(flags[:, k].to(torch.bool), None if context is None else context[:, k].to(torch.bool))
+            for k in range(flags.shape[1])]
 
 
 def sample_masks(
@@ -119,3 +132,67 @@ def sample_masks(
 ) -> list[MaskBatch]:
     """One MaskBatch per mask config for a batch of clips on token grid (T, H, W)."""
     return [MultiBlockMaskGenerator(grid, cfg)(batch_size, generator) for cfg in mask_cfgs]
+
+
+# ---------------------------------------------------------------------------------------------
+# I-JEPA multiblock-2D masks (image mode).
+
+
+class ImageMaskGenerator:
+    """I-JEPA masks on a (1, H, W) token grid: ``num_targets`` target blocks (area in
+    ``target_scale``, height/width in ``target_aspect``) and one square context block (area in
+    ``context_scale``); targets = the union of the target blocks, context = the context block minus
+    that union. As in I-JEPA, one target and one context block size per call, positions per image;
+    an image left with fewer than ``min_keep`` context tokens is redrawn.
+
+    Deviation from I-JEPA: its predictor runs once per target block (4 predictions per image);
+    ours handles one mask config per call, so the union of the blocks is one config (K = 1), the
+    way V-JEPA treats its blocks."""
+
+    def __init__(self, grid: tuple[int, int, int], cfg: ImageMaskConfig, min_keep: int = 1):
+        if grid[0] != 1:
+            raise ValueError(f"image masks need a (1, H, W) token grid, got {grid}")
+        self.grid = grid
+        self.cfg = cfg
+        self.min_keep = min_keep
+
+    def _size(self, scale: tuple[float, float], aspect: tuple[float, float], g: torch.Generator,
+              limit: int) -> tuple[int, int]:
+        """(height, width) in tokens; ``limit`` is subtracted from the grid side as a cap."""
+        _, height, width = self.grid
+        u = torch.rand(2, generator=g)
+        area = height * width * (scale[0] + float(u[0]) * (scale[1] - scale[0]))
+        ratio = aspect[0] + float(u[1]) * (aspect[1] - aspect[0])
+        h = max(1, min(int(round(math.sqrt(area * ratio))), height - limit))
+        w = max(1, min(int(round(math.sqrt(area / ratio))), width - limit))
+        return h, w
+
+    def flags(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(target, context): (B, N) bool each over the flattened (1, H, W) grid, disjoint, uncut."""
+        _, height, width = self.grid
+        c = self.cfg
+        th, tw = self._size(c.target_scale, c.target_aspect, generator, limit=1)  # never the whole grid
+        ch, cw = self._size(c.context_scale, (1.0, 1.0), generator, limit=0)
+        rows = torch.arange(height).view(1, 1, height, 1)
+        cols = torch.arange(width).view(1, 1, 1, width)
+
+        def blocks(n: int, k: int, h: int, w: int) -> Tensor:  # (n, H, W): union of k blocks
+            top = torch.randint(0, height - h + 1, (n, k, 1, 1), generator=generator)
+            left = torch.randint(0, width - w + 1, (n, k, 1, 1), generator=generator)
+            return ((rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)).any(dim=1)
+
+        target = torch.empty(batch_size, height, width, dtype=torch.bool)
+        context = torch.empty_like(target)
+        todo = torch.arange(batch_size)
+        for _ in range(1000):
+            if not len(todo):
+                break
+            target[todo] = blocks(len(todo), c.num_targets, th, tw)
+            context[todo] = blocks(len(todo), 1, ch, cw) & ~target[todo]
+            todo = todo[context[todo].flatten(1).sum(dim=1) < self.min_keep]
+        if len(todo):
+            raise ValueError(f"image masks on a {height}x{width} grid leave fewer than {self.min_keep} context tokens")
+        return target.flatten(1), context.flatten(1)
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
+        return cut_to_batch_minimum(*self.flags(batch_size, generator))

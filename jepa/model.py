@@ -61,6 +61,8 @@ class JEPA(nn.Module):
 def token_grid(model_cfg: ModelConfig) -> tuple[int, int, int]:
     """(T', H', W') tokens of a training clip, without building the model (masks need it)."""
     m = model_cfg
+    if m.num_frames == 1:  # an image: one tubelet (the encoder repeats the frame)
+        return 1, m.img_size // m.patch_size, m.img_size // m.patch_size
     if m.num_frames % m.tubelet_size or m.img_size % m.patch_size:
         raise ValueError(f"clip {m.num_frames}x{m.img_size}px is not divisible by tubelet "
                          f"{m.tubelet_size} / patch {m.patch_size}")

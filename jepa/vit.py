@@ -152,8 +152,10 @@ class VisionTransformer(nn.Module):
         init_weights(self, self.blocks)
 
     def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Token grid (T', H', W') of a clip of the given size in frames and pixels."""
+        """Token grid (T', H', W') of a clip of the given size in frames and pixels; one frame
+        (an image) is one tubelet, as `forward` repeats it."""
         p, t = self.patch_size, self.tubelet_size
+        frames = t if frames == 1 else frames
         if frames % t or height % p or width % p:
             raise ValueError(f"clip {frames}x{height}x{width} is not divisible by tubelet {t} / patch {p}")
         return frames // t, height // p, width // p

@@ -29,6 +29,7 @@ from jepa.optim import build_optimizer, lr_at
 from jepa.train_step import train_step
 from jepa.transforms import clips_to_tensor
 from pipelines.clips import clip_dataset, list_videos, shard_clip_dataset, split_held_out
+from pipelines.images import image_dataset, list_images
 from pipelines.shards import load_dataset_info
 from pipelines.storage import get_bytes, is_s3, join_uri, parse_uri, put_bytes, pyarrow_fs
 from ray_jobs import tracking
@@ -88,7 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     accum = t.accumulation_steps
 
     torch.manual_seed(t.seed)
-    plain = build_jepa(cfg.model, num_mask_configs=len(cfg.masks))
+    plain = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
     model = ray.train.torch.prepare_model(plain)
     optimizer = build_optimizer(plain, cfg.optim)
     state = TrainState(step=0, extra={"mlflow_run_id": run_id})
@@ -110,8 +111,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch = next(clips_iter, None)
             if batch is None:
                 raise RuntimeError(f"rank {rank} ran out of clips at step {step}: too many undecodable videos?")
-            # masks were drawn in the data pipeline
-            micro_batches.append((clips_to_tensor(batch["clip"], device), masks_from_flags(batch["target_masks"])))
+            # masks were drawn in the data pipeline; images also carry context flags (I-JEPA)
+            masks = masks_from_flags(batch["target_masks"], batch.get("context_masks"))
+            micro_batches.append((clips_to_tensor(batch["clip"], device), masks))
         lr = lr_at(step, cfg.optim, t.steps)
         metrics = train_step(model, micro_batches, optimizer, lr, cfg.optim.ema_momentum, device)
         state.step, state.clips_seen = step + 1, state.clips_seen + accum * t.batch_size
@@ -160,6 +162,16 @@ class PretrainResult:
     held_out: list[str]
 
 
+def _split_for_training(uris: list[str], kind: str, cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """(train, held out) by key hash; refuses a source too small for one batch on every worker."""
+    train_uris, held_out = split_held_out(uris, cfg.data.held_out_fraction)
+    need = cfg.train.num_workers * cfg.train.batch_size
+    if len(train_uris) < need:
+        raise SystemExit(f"{cfg.data.source} holds {len(uris)} {kind} ({len(train_uris)} for training): "
+                         f"need at least {need} (num_workers x batch_size) to train")
+    return train_uris, held_out
+
+
 def build_dataset(cfg: RunConfig):
     """Clips + masks for training: from an ingested dataset's shards (`data.dataset`), or straight
     from the raw videos under `data.source` (direct mode). Returns (dataset, held-out video URIs)."""
@@ -168,7 +180,14 @@ def build_dataset(cfg: RunConfig):
     common = dict(num_frames=m.num_frames, size=m.img_size, fps=d.fps, seed=cfg.train.seed,
                   decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks,
                   mask_grid=token_grid(m), mask_cfgs=cfg.masks)
-    if d.dataset:
+    if d.modality == "image":
+        train_uris, held_out = _split_for_training(list_images(d.source), "images", cfg)
+        dataset = image_dataset(train_uris, size=m.img_size, mask_grid=token_grid(m), mask_cfg=cfg.image_masks,
+                                seed=cfg.train.seed, epochs=math.ceil(clips_needed / len(train_uris)) + 1,
+                                crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
+                                decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks)
+        print(f"[pretrain] {len(train_uris)} training images, {len(held_out)} held out", flush=True)
+    elif d.dataset:
         info = load_dataset_info(d.dataset) or {}
         segments = int(info.get("counts", {}).get("segments", 0)) or clips_needed
         usable = max(1, int(segments * (1 - d.held_out_fraction)))
@@ -178,13 +197,7 @@ def build_dataset(cfg: RunConfig):
         held_out: list[str] = []
         print(f"[pretrain] {segments} segments in {d.dataset}", flush=True)
     else:
-        uris = list_videos(d.source)
-        train_uris, held_out = split_held_out(uris, d.held_out_fraction)
-        if len(train_uris) < cfg.train.num_workers * cfg.train.batch_size:
-            raise SystemExit(
-                f"{d.source} holds {len(uris)} videos ({len(train_uris)} for training): need at least "
-                f"{cfg.train.num_workers * cfg.train.batch_size} (num_workers x batch_size) to train"
-            )
+        train_uris, held_out = _split_for_training(list_videos(d.source), "videos", cfg)
         dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, **common)
         print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
     dataset.context.enable_progress_bars = False  # the step lines below are the progress

@@ -146,6 +146,8 @@ _FOREIGN_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in _FOREIGN_ENV and not k.startswith("AWS_ENDPOINT_URL")}
+    # This environment's bin/ first, so `python` and `jepa` in a submitted Ray job are ours.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
 

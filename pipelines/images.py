@@ -1,0 +1,139 @@
+"""Image mode (I-JEPA): JPEG/PNG objects -> 1-frame clips with multiblock-2D masks, in Ray Data.
+
+Rows look like the video paths' rows (``pipelines.clips``): {"clip": uint8 (1, H, W, 3), "key":
+int64, "target_masks": bool (1, N), "context_masks": bool (1, N)}, so the trainer handles both;
+images also carry context flags because I-JEPA's context is a block minus the targets, not the
+targets' complement. Augmentation: random resized crop (``pipelines.clips.augment_clip``) and flip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from jepa.config import ImageMaskConfig
+from jepa.masks import ImageMaskGenerator
+from pipelines import storage
+from pipelines.clips import CROP_ASPECT, CROP_SCALE, _stable_hash, augment_clip, row_key
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a readable image."""
+
+
+def list_images(source_uri: str) -> list[str]:
+    return sorted(obj.uri for obj in storage.list_objects(source_uri, IMAGE_SUFFIXES))
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 (H, W, 3) RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageDecodeError(str(err)) from err
+
+
+def image_to_clip(
+    data: bytes,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    aspect: tuple[float, float] = CROP_ASPECT,
+    flip: float = 0.5,
+) -> np.ndarray:
+    """Image bytes -> uint8 (1, size, size, 3): random resized crop, then a flip with probability ``flip``."""
+    return augment_clip(decode_image(data)[None], size, rng, scale, aspect, flip)
+
+
+def decode_images_batch(
+    batch: dict[str, np.ndarray], *, size: int, seed: int,
+    crop_scale: tuple[float, float] = CROP_SCALE, crop_aspect: tuple[float, float] = CROP_ASPECT,
+    flip: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """{"uri", optional "epoch"} -> {"clip": uint8 (B, 1, size, size, 3), "key": int64 (B,)};
+    undecodable or missing images are dropped with a warning."""
+    uris = batch["uri"]
+    epochs = batch.get("epoch", np.zeros(len(uris), dtype=np.int64))
+    clips, keys = [], []
+    for uri, epoch in zip(uris, epochs):
+        uri = str(uri)
+        key = row_key(uri, 0, int(epoch))
+        rng = np.random.default_rng([seed, key])
+        try:
+            clips.append(image_to_clip(storage.get_bytes(uri), size, rng, crop_scale, crop_aspect, flip))
+            keys.append(key)
+        except (ImageDecodeError, FileNotFoundError) as err:
+            log.warning("skipping %s: %s", uri, err)
+    if not clips:
+        return {"clip": np.zeros((0, 1, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64)}
+    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64)}
+
+
+def add_image_masks_batch(
+    batch: dict[str, np.ndarray], *, grid: tuple[int, int, int], cfg: ImageMaskConfig | dict, seed: int
+) -> dict[str, np.ndarray]:
+    """Adds "target_masks" and "context_masks": bool (B, 1, N) per image (one mask config, the
+    union of the target blocks), uncut, each image from a generator seeded by (seed, key) as in
+    ``pipelines.clips.add_masks_batch``; the trainer cuts them with ``masks_from_flags``."""
+    cfg = cfg if isinstance(cfg, ImageMaskConfig) else ImageMaskConfig(**cfg)
+    gen = ImageMaskGenerator(tuple(grid), cfg)
+    keys = batch["key"]
+    n = int(np.prod(grid))
+    target = np.zeros((len(keys), 1, n), dtype=bool)
+    context = np.zeros((len(keys), 1, n), dtype=bool)
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed(_stable_hash(f"masks:{seed}:{int(key)}") >> 1)
+        t, c = gen.flags(1, g)
+        target[i, 0], context[i, 0] = t[0].numpy(), c[0].numpy()
+    return {**batch, "target_masks": target, "context_masks": context}
+
+
+def image_dataset(
+    uris: list[str],
+    *,
+    size: int,
+    mask_grid: tuple[int, int, int],
+    mask_cfg: ImageMaskConfig,
+    seed: int = 0,
+    epochs: int = 1,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    crop_aspect: tuple[float, float] = CROP_ASPECT,
+    flip: float = 0.5,
+    decode_cpus: float = 0.5,
+    decode_tasks: int | None = None,
+    batch_size: int = 4,
+) -> ray.data.Dataset:
+    """Image mode, like ``pipelines.clips.clip_dataset``: ``epochs`` passes over ``uris`` (each in
+    its own seeded order) -> decode + augment -> I-JEPA masks, all in ``map_batches`` on CPU."""
+    import ray.data
+
+    items = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(uris))
+        items += [{"uri": uris[i], "epoch": epoch} for i in order]
+    compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None
+    common = dict(batch_size=batch_size, batch_format="numpy", num_cpus=decode_cpus, compute=compute)
+    ds = ray.data.from_items(items).map_batches(
+        decode_images_batch,
+        fn_kwargs={"size": size, "seed": seed, "crop_scale": tuple(crop_scale),
+                   "crop_aspect": tuple(crop_aspect), "flip": flip},
+        **common,
+    )
+    return ds.map_batches(add_image_masks_batch,
+                          fn_kwargs={"grid": tuple(mask_grid), "cfg": dataclasses.asdict(mask_cfg), "seed": seed},
+                          **common)
