@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ray_jobs.processes import (ProcRecord, ServiceError, group_members, http_ok, log_tail, pid_alive, port_free,
-                                port_owner, reap, spawn, stop_group, tcp_open, wait_until)
+                                port_owner, reap, spawn, stop_group, tcp_open)
 
 
 class StackError(ServiceError):

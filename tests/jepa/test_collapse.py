@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from jepa.config import MaskConfig, ModelConfig
 from jepa.masks import sample_masks
