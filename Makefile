@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JEPA := $(VENV)/bin/jepa
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup demo test test-unit bench bench-data bench-train stack-up stack-down stack-status clean
+.PHONY: help setup demo test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ bench-data: setup ## data-loading benchmark: clips/s per core and RSS, reference
 
 bench-train: setup ## Ray Train overhead: the same tiny-model steps in a 1-worker TorchTrainer vs a plain PyTorch loop
 	$(PY) bench/bench_train_overhead.py --steps 40 --threads 1
+
+bench-gpu: setup ## on a CUDA machine: GPU tests, ViT-L step vs the V-JEPA 2 reference (in VJEPA2_REF), Ray Train use_gpu vs plain
+	$(PY) -m pytest -q tests/jepa/test_cuda.py
+	VJEPA2_REF=$${VJEPA2_REF:-.ref/vjepa2} $(PY) bench/bench_vs_reference.py --arch large --bs 24
+	$(PY) bench/bench_train_overhead.py --gpu --config configs/vitl16.yaml --batch-size 24 --steps 8 --warmup 2 --threads 4
 
 stack-up: setup ## start the local stack (SeaweedFS :8333, MLflow :5000, Ray head)
 	$(JEPA) stack up

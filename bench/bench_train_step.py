@@ -1,7 +1,9 @@
 """Throughput and peak memory of `jepa.train_step.train_step` on synthetic clips.
 
-No data loading: random normalised clips and pre-sampled masks (default V-JEPA 2 configs), so the
-figure is the model step alone. bf16 autocast on CUDA, float32 on CPU.
+No data loading: three random batches of normalised clips with pre-sampled masks (default V-JEPA 2
+configs), cycled, so the figure is the model step alone. bf16 autocast on CUDA, float32 on CPU.
+Timed like ../shared/anchors/anchor_vjepa2_step.py (median step after warm-up), so
+bench/bench_vs_reference.py can put the two side by side.
 
     python bench/bench_train_step.py --arch tiny --batch-size 2 --frames 4 --img-size 32 --patch-size 8
     python bench/bench_train_step.py --arch large --batch-size 24 --img-size 256 --device cuda --ckpt
@@ -10,7 +12,9 @@ figure is the model step alone. bf16 autocast on CUDA, float32 on CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import statistics
 import time
 
 import torch
@@ -36,8 +40,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pred-num-heads", type=int, default=12)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--ckpt", action="store_true", help="activation checkpointing")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return p.parse_args()
 
@@ -63,30 +68,37 @@ def main() -> None:
     model = build_jepa(cfg, len(mask_cfgs)).to(device)
     optimizer = build_optimizer(model, OptimConfig())
     generator = torch.Generator().manual_seed(0)
-    n_steps = args.warmup + args.steps
-    masks = [sample_masks(model.token_grid, mask_cfgs, args.batch_size, generator) for _ in range(n_steps)]
-    clips = torch.randn(args.batch_size, 3, args.frames, args.img_size, args.img_size, device=device)
+    batches = [(torch.randn(args.batch_size, 3, args.frames, args.img_size, args.img_size, device=device),
+                sample_masks(model.token_grid, mask_cfgs, args.batch_size, generator)) for _ in range(3)]
 
-    for step in range(n_steps):
-        if step == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        metrics = train_step(model, [(clips, masks[step])], optimizer, 1e-4, 0.99925, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    times = []
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        metrics = train_step(model, [batches[step % 3]], optimizer, 1e-4, 0.99925, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
 
     n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
     n_pred = sum(p.numel() for p in model.predictor.parameters()) / 1e6
     label, mem = peak_memory_gib(device)
+    if args.json:
+        print(json.dumps({"arch": args.arch, "bs": args.batch_size, "frames": args.frames, "crop": args.img_size,
+                          "ckpt": args.ckpt, "device": device.type, "step_s_median": round(median, 4),
+                          "clips_per_s": round(args.batch_size / median, 2), "peak_mem_gib": round(mem, 1),
+                          "loss": metrics["loss"]}))
+        return
     print(
         f"{args.arch} ({n_params:.1f}M) + predictor {args.pred_depth}x{args.pred_embed_dim} ({n_pred:.1f}M), "
         f"{args.frames}x{args.img_size}px, tokens {model.token_grid}, batch {args.batch_size}, "
         f"{device.type}, ckpt={args.ckpt}, torch threads {torch.get_num_threads()}"
     )
     print(
-        f"{args.steps * args.batch_size / elapsed:.2f} clips/s  {elapsed / args.steps:.3f} s/step  "
+        f"{args.batch_size / median:.2f} clips/s  {median:.3f} s/step (median of {args.steps})  "
         f"{label} {mem:.2f} GiB  last loss {metrics['loss']:.4f}"
     )
 

@@ -1,6 +1,4 @@
-"""I-JEPA multiblock-2D masks, image decoding and the image-mode config."""
-
-import io
+"""I-JEPA multiblock-2D masks and the image-mode config."""
 
 import numpy as np
 import pytest
@@ -103,40 +101,6 @@ def test_image_mode_config():
         load_config(None, ["data.modality=image"])
     with pytest.raises(ConfigError, match="image_masks.target_scale"):
         load_config(None, ["image_masks.target_scale=0.2"])
-
-
-def _png(h: int, w: int, mode: str = "RGB") -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    arr = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(arr).convert(mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_image_decode_shapes(tmp_path):
-    from pipelines.images import ImageDecodeError, decode_image, decode_images_batch, image_to_clip
-
-    assert decode_image(_png(20, 30)).shape == (20, 30, 3)
-    assert decode_image(_png(20, 30, "L")).shape == (20, 30, 3)  # greyscale -> RGB
-    clip = image_to_clip(_png(40, 50), 32, np.random.default_rng(0))
-    assert clip.shape == (1, 32, 32, 3) and clip.dtype == np.uint8
-    with pytest.raises(ImageDecodeError):
-        decode_image(b"not an image")
-    (tmp_path / "a.png").write_bytes(_png(40, 40))
-    (tmp_path / "bad.png").write_bytes(b"junk")
-    out = decode_images_batch({"uri": np.array([str(tmp_path / "a.png"), str(tmp_path / "bad.png")])}, size=16, seed=0)
-    assert out["clip"].shape == (1, 1, 16, 16, 3) and out["key"].shape == (1,)
-
-
-def test_add_image_masks_batch_is_per_key():
-    from pipelines.images import add_image_masks_batch
-
-    batch = {"key": np.array([7, 8, 7], dtype=np.int64)}
-    out = add_image_masks_batch(batch, grid=(1, 8, 8), cfg={}, seed=0)
-    assert out["target_masks"].shape == out["context_masks"].shape == (3, 1, 64)
-    assert np.array_equal(out["target_masks"][0], out["target_masks"][2])
-    assert not (out["target_masks"] & out["context_masks"]).any()
 
 
 def test_image_model_forward_on_one_frame_clips():

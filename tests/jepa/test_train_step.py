@@ -90,6 +90,8 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_their_union():
                     opt_acc, 1.0, 0.9, CPU)
     assert abs(m1["loss"] - m2["loss"]) < 1e-5
     for (name, a), b in zip(whole.state_dict().items(), accumulated.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), name  # target encoder included: one EMA update each
+        # target encoder included: one EMA update each. float32 sums taken in another order (another
+        # torch build or thread count) move the 5th decimal; a lost micro-batch would move the 1st.
+        assert torch.allclose(a, b, atol=2e-5), name
     assert not torch.equal(whole.encoder.state_dict()["blocks.0.attn.qkv.weight"],
                            base.encoder.state_dict()["blocks.0.attn.qkv.weight"])

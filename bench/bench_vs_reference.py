@@ -1,0 +1,70 @@
+"""Our pretraining step beside the reference's (facebookresearch/vjepa2), timed the same way in one run.
+
+Runs bench/bench_train_step.py and the anchor script ../shared/anchors/anchor_vjepa2_step.py (which
+imports the reference from $VJEPA2_REF, default .ref/vjepa2: a fetched snapshot, never committed)
+in turn, each in its own process, for each setting, and prints a table with the ratio
+ours / reference in clips/s. Meant for a GPU (bf16); on CPU use a small --arch/--crop.
+
+    python bench/bench_vs_reference.py --arch large --bs 24 --settings ckpt,no-ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHOR = ROOT.parent / "shared" / "anchors" / "anchor_vjepa2_step.py"
+
+
+def run_json(cmd: list[str], env: dict[str, str]) -> dict:
+    """The last JSON line a benchmark prints; its stderr passes through."""
+    out = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="large", help="our preset name (the reference's is vit_<arch>)")
+    p.add_argument("--bs", type=int, default=24)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settings", default="ckpt,no-ckpt", help="comma list of ckpt / no-ckpt")
+    p.add_argument("--anchor", default=str(ANCHOR), help="path of anchor_vjepa2_step.py")
+    a = p.parse_args()
+    env = os.environ | {"VJEPA2_REF": os.environ.get("VJEPA2_REF", str(ROOT / ".ref" / "vjepa2")),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    device = "cuda" if _cuda() else "cpu"
+    rows = []
+    for setting in a.settings.split(","):
+        ckpt = ["--ckpt"] if setting == "ckpt" else []
+        ours = run_json([sys.executable, "bench/bench_train_step.py", "--arch", a.arch, "--batch-size", str(a.bs),
+                         "--frames", str(a.frames), "--img-size", str(a.crop), "--steps", str(a.steps),
+                         "--warmup", str(a.warmup), "--device", device, "--json", *ckpt], env)
+        ref = run_json([sys.executable, a.anchor, "--model", f"vit_{a.arch}", "--bs", str(a.bs),
+                        "--frames", str(a.frames), "--crop", str(a.crop), "--steps", str(a.steps),
+                        "--warmup", str(a.warmup), *ckpt], env)
+        rows.append((setting, ours, ref))
+    print(f"ViT-{a.arch} + predictor 12x384, {a.frames}x{a.crop}x{a.crop}, batch {a.bs}, {device}"
+          f"{' bf16' if device == 'cuda' else ''}, median of {a.steps} steps after {a.warmup} warm-up")
+    print("| setting | ours clips/s | reference clips/s | ours / reference | ours peak GiB | reference peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for setting, ours, ref in rows:
+        print(f"| {setting} | {ours['clips_per_s']:.1f} | {ref['clips_per_s']:.1f} "
+              f"| {ours['clips_per_s'] / ref['clips_per_s']:.2f} | {ours['peak_mem_gib']} | {ref['peak_mem_gib']} |")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
