@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from decode_counter import CountingContainer
 
 from pipelines import shards
 from pipelines.shards import (
@@ -162,25 +163,8 @@ def test_segments_stream_while_decoding(monkeypatch):
     decoded = []
     real_open = shards._open_source
 
-    class Counting:
-        def __init__(self, container):
-            self.container = container
-
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.container.__exit__(*exc)
-
-        def decode(self, *args, **kwargs):
-            for frame in self.container.decode(*args, **kwargs):
-                decoded.append(frame.pts)
-                yield frame
-
-    monkeypatch.setattr(shards, "_open_source", lambda data: Counting(real_open(data)))
+    monkeypatch.setattr(shards, "_open_source",
+                        lambda data: CountingContainer(real_open(data), lambda frame: decoded.append(frame.pts)))
     segments = segment_video(encode_mp4(indexed_frames(300, 16, 16), fps=30), SPEC)
     first = next(segments)
     assert first.index == 0 and len(decoded) <= 17  # 4 picks, every 5th frame, + one look-ahead

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from decode_counter import CountingContainer
 
 from pipelines.video import VideoDecodeError, decode_clip, encode_mp4, probe
 
@@ -131,25 +132,8 @@ def test_decode_clip_decodes_only_from_the_keyframe_before_to_the_clip_end(monke
     decoded: list[int] = []
     real_open = video._open
 
-    class Counting:
-        def __init__(self, container):
-            self.container = container
-
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.container.__exit__(*exc)
-
-        def decode(self, *args, **kwargs):
-            for frame in self.container.decode(*args, **kwargs):
-                decoded.append(round(float(frame.time) * 12))
-                yield frame
-
-    monkeypatch.setattr(video, "_open", lambda data: Counting(real_open(data)))
+    monkeypatch.setattr(video, "_open",
+                        lambda data: CountingContainer(real_open(data), lambda f: decoded.append(round(float(f.time) * 12))))
     data = encode_mp4(np.zeros((120, 16, 16, 3), dtype=np.uint8), fps=12)  # keyframe every 12 frames
     decode_clip(data, num_frames=4, fps=4, size=16, start_s=5.5)  # frames 66, 69, 72, 75
     assert decoded == list(range(60, 76))  # nothing before the keyframe, nothing after the last frame
