@@ -22,6 +22,19 @@ S3_SCHEME = "s3://"
 # SeaweedFS accepts any key pair unless configured otherwise; botocore still wants one to sign.
 PLACEHOLDER_KEY = "jepa-local"
 
+# Retries: a restart of the object store must cost the job a pause, not the job. A SIGKILLed and
+# restarted SeaweedFS refuses connections for ~4-7 s here (a graceful stop answers 500 for ~15 s
+# first), so both clients retry refused connections and 5xx for well over 10 s, then give up.
+# boto3 "standard" mode waits rand(0,1) * min(50 ms * 2**i, 20 s) before retry i (botocore 1.44):
+# 5 attempts gave up after < 0.75 s. With 14, all retries together wait 53 s on average (106 s at
+# most); a 10 s outage outlasts them for < 1 request in 10^5, a 20 s one for ~2 in 1000.
+BOTO_MAX_ATTEMPTS = 14
+# pyarrow (Ray Train checkpoint uploads, parquet reads): the AWS SDK's default strategy backs off
+# 0, 50, 100, 200 ms, ... doubling, without jitter or a retry quota, so 10 retries ride out any
+# outage of up to 25.5 s and a dead endpoint fails after that. (pyarrow's own default, the
+# "standard" strategy with 3 attempts, gave up after ~2 s.)
+PYARROW_RETRIES = 10
+
 
 @dataclass(frozen=True)
 class S3Settings:
@@ -82,7 +95,8 @@ _CLIENTS: dict[tuple[int, S3Settings], object] = {}
 
 
 def s3_client(settings: S3Settings | None = None):
-    """A boto3 S3 client with retries, cached per process (creating one costs ~50 ms)."""
+    """A boto3 S3 client, cached per process (creating one costs ~50 ms), that retries refused
+    connections, timeouts and 5xx for tens of seconds (``BOTO_MAX_ATTEMPTS``)."""
     settings = settings or S3Settings.from_env()
     cache_key = (os.getpid(), settings)  # clients must not cross a fork
     client = _CLIENTS.get(cache_key)
@@ -94,7 +108,7 @@ def s3_client(settings: S3Settings | None = None):
             aws_secret_access_key=settings.secret_key,
             region_name=settings.region,
             config=Config(
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
                 # Path-style works with every S3 clone; virtual-host style needs DNS per bucket.
                 s3={"addressing_style": "path"} if settings.endpoint else {},
                 connect_timeout=10,
@@ -105,10 +119,36 @@ def s3_client(settings: S3Settings | None = None):
     return client
 
 
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem whose pickle keeps its retry strategy.
+
+    Ray ships the filesystem to Train workers, the Train controller and Data tasks by pickling it,
+    and pyarrow 25's ``__reduce__`` drops ``retry_strategy`` (apache/arrow#47348): every copy would
+    fall back to 3 attempts and a storage restart would fail the checkpoint upload.
+    """
+
+    def __init__(self, *, retry_strategy: pafs.S3RetryStrategy, **kwargs):
+        super().__init__(retry_strategy=retry_strategy, **kwargs)
+        self.retry_strategy = retry_strategy
+
+    def __reduce__(self):
+        _, (kwargs,) = super().__reduce__()
+        return _rebuild_s3fs, (kwargs, self.retry_strategy)
+
+
+def _rebuild_s3fs(kwargs: dict, retry_strategy: pafs.S3RetryStrategy) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retry_strategy=retry_strategy, **kwargs)
+
+
 def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem for Ray Data / parquet readers; paths are then ``bucket/key``."""
+    """A pyarrow S3 filesystem for Ray Data / parquet readers; paths are then ``bucket/key``.
+
+    It retries refused connections and 5xx for 25 s (``PYARROW_RETRIES``), also in the processes
+    it is pickled to. Timeouts stay at the SDK's: a refused connection fails at once, and a
+    request that stalls for 3 s is aborted and retried.
+    """
     settings = settings or S3Settings.from_env()
-    kwargs: dict = {"region": settings.region}
+    kwargs: dict = {"region": settings.region, "retry_strategy": pafs.AwsDefaultS3RetryStrategy(PYARROW_RETRIES)}
     if settings.access_key and settings.secret_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
     if settings.endpoint:
@@ -118,7 +158,7 @@ def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
         # SeaweedFS 4.48 rejects those UploadPart calls ("InvalidAccessKeyId"), so every pyarrow
         # write failed. Checksums only when required: read when each filesystem is created.
         os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    return pafs.S3FileSystem(**kwargs)
+    return RetryingS3FileSystem(**kwargs)
 
 
 def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:
