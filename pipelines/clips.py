@@ -12,6 +12,12 @@ but every clip pays for decoding the source at full resolution.
 
 Every transform draws from an RNG seeded by (seed, source, epoch), so every epoch sees different
 clips yet a rerun sees the same ones, however Ray batches the rows.
+
+Resuming: every builder takes ``start``, a position in its sequence of input rows (items in direct
+mode, shard rows in shard mode, over all epochs), and leaves the rows before it out before anything
+is read or decoded. Output rows carry ``INPUT_ROWS``, the input rows each clip stands for (itself
+plus the dropped rows before it), so a trainer that sums it over the clips it consumed knows the
+position to resume at, drops included.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +41,9 @@ if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
+
+INPUT_ROWS = "input_rows"
+"""Output column: how many input rows of the dataset each clip accounts for (see ``input_rows``)."""
 
 
 def _stable_hash(text: str) -> int:
@@ -64,25 +74,61 @@ def split_held_out(uris: list[str], fraction: float, salt: str = "heldout") -> t
     return train, held_out
 
 
+def input_rows(kept: list[int], n: int) -> np.ndarray:
+    """Input rows each output row stands for, given the indices ``kept`` of the ``n`` input rows of
+    a batch that gave a clip: itself plus the dropped rows before it, and the last one also the
+    batch's trailing drops. Summed over consumed clips this counts consumed input rows, so a resume
+    starts after the dropped rows too (only a batch that keeps nothing goes uncounted)."""
+    if not kept:
+        return np.zeros(0, dtype=np.int64)
+    counts = np.diff(np.asarray([-1, *kept], dtype=np.int64))
+    counts[-1] += n - 1 - kept[-1]
+    return counts
+
+
+def _no_clips(num_frames: int, size: int) -> dict[str, np.ndarray]:
+    return {"clip": np.zeros((0, num_frames, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64),
+            INPUT_ROWS: np.zeros(0, np.int64)}
+
+
 def decode_clips_batch(
     batch: dict[str, np.ndarray], *, num_frames: int, fps: float, size: int, seed: int
 ) -> dict[str, np.ndarray]:
-    """{"uri", optional "epoch"} -> {"clip": uint8 (B, T, H, W, 3), "key": int64 (B,)};
-    undecodable rows are dropped."""
+    """{"uri", optional "epoch"} -> {"clip": uint8 (B, T, H, W, 3), "key": int64 (B,),
+    INPUT_ROWS: int64 (B,)}; undecodable rows are dropped."""
     uris = batch["uri"]
     epochs = batch.get("epoch", np.zeros(len(uris), dtype=np.int64))
-    clips, keys = [], []
-    for uri, epoch in zip(uris, epochs):
+    clips, keys, kept = [], [], []
+    for i, (uri, epoch) in enumerate(zip(uris, epochs)):
         uri = str(uri)
         rng = np.random.default_rng([seed, _stable_hash(uri), int(epoch)])
         try:
             clips.append(decode_clip(storage.get_bytes(uri), num_frames, fps, size, rng=rng))
             keys.append(row_key(uri, 0, int(epoch)))
+            kept.append(i)
         except (VideoDecodeError, FileNotFoundError) as err:
             log.warning("skipping %s: %s", uri, err)
     if not clips:
-        return {"clip": np.zeros((0, num_frames, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64)}
-    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64)}
+        return _no_clips(num_frames, size)
+    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64), INPUT_ROWS: input_rows(kept, len(uris))}
+
+
+def epoch_items(uris: list[str], *, seed: int, epochs: int, start: int = 0) -> list[dict]:
+    """{"uri", "epoch"} rows of ``epochs`` passes over ``uris``, each pass in its own seeded order,
+    from row ``start`` on. Built in the driver, so a resumed run never touches the rows before its
+    position; whole epochs before it are not even permuted."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if not uris:
+        return []
+    first, offset = divmod(start, len(uris))
+    items = []
+    for epoch in range(first, epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(uris))
+        items += [{"uri": uris[i], "epoch": epoch} for i in order]
+    if start and offset >= len(items):
+        raise ValueError(f"start={start} is past the {epochs * len(uris)} rows of {epochs} epochs")
+    return items[offset:]
 
 
 def clip_dataset(
@@ -98,6 +144,7 @@ def clip_dataset(
     batch_size: int = 4,
     mask_grid: tuple[int, int, int] | None = None,
     mask_cfgs: list[MaskConfig] | None = None,
+    start: int = 0,
 ) -> ray.data.Dataset:
     """Direct mode: {"clip": uint8 (T, H, W, 3), "key": int64[, "target_masks"]} rows decoded
     straight from raw videos, ``epochs`` passes over ``uris``; for small datasets (no ingest).
@@ -105,14 +152,12 @@ def clip_dataset(
     Row order is shuffled per epoch here (cheap, deterministic) instead of ``random_shuffle``.
     ``decode_cpus`` is explicit and small so decode tasks leave room for Ray Train workers;
     ``decode_tasks`` caps how many run at once (each is a worker process importing PyAV, boto3).
-    With ``mask_grid`` and ``mask_cfgs``, masks are added as in ``shard_clip_dataset``.
+    With ``mask_grid`` and ``mask_cfgs``, masks are added as in ``shard_clip_dataset``. ``start``
+    drops that many leading (uri, epoch) rows before anything is downloaded (``epoch_items``).
     """
     import ray.data  # here, so the transforms above import without Ray
 
-    items = []
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(uris))
-        items += [{"uri": uris[i], "epoch": epoch} for i in order]
+    items = epoch_items(uris, seed=seed, epochs=epochs, start=start)
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None
     ds = ray.data.from_items(items).map_batches(
         decode_clips_batch,
@@ -227,10 +272,11 @@ def decode_shard_batch(
     held_out_fraction: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Shard rows {"uri", "segment", "mp4"} -> {"clip": uint8 (B, num_frames, size, size, 3),
-    "key": int64 (B,)}. A segment longer than ``num_frames`` gives a random window of it; rows of
-    held-out sources and undecodable segments are dropped (the latter with a warning)."""
-    clips, keys = [], []
-    for uri, segment, mp4 in zip(batch["uri"], batch["segment"], batch["mp4"]):
+    "key": int64 (B,), INPUT_ROWS: int64 (B,)}. A segment longer than ``num_frames`` gives a random
+    window of it; rows of held-out sources and undecodable segments are dropped (the latter with a
+    warning)."""
+    clips, keys, kept = [], [], []
+    for i, (uri, segment, mp4) in enumerate(zip(batch["uri"], batch["segment"], batch["mp4"])):
         uri = str(uri)
         if _held_out(uri, held_out_fraction):
             continue
@@ -246,9 +292,10 @@ def decode_shard_batch(
         offset = int(rng.integers(0, len(frames) - num_frames + 1))
         clips.append(augment_clip(frames[offset : offset + num_frames], size, rng, crop_scale, crop_aspect, flip))
         keys.append(key)
+        kept.append(i)
     if not clips:
-        return {"clip": np.zeros((0, num_frames, size, size, 3), dtype=np.uint8), "key": np.zeros(0, dtype=np.int64)}
-    return {"clip": np.stack(clips), "key": np.array(keys, dtype=np.int64)}
+        return _no_clips(num_frames, size)
+    return {"clip": np.stack(clips), "key": np.array(keys, dtype=np.int64), INPUT_ROWS: input_rows(kept, len(batch["uri"]))}
 
 
 def add_masks_batch(
@@ -291,10 +338,15 @@ def shard_clip_dataset(
     decode_cpus: float = 0.5,
     decode_tasks: int | None = None,
     batch_size: int = 4,
+    start: int = 0,
 ) -> ray.data.Dataset:
     """Dataset of {"clip": uint8 (T, H, W, 3), "key": int64[, "target_masks": bool (K, N)]} rows
     streamed from an ingested dataset's shards (``s3://B/datasets/NAME`` or a local folder),
     ``epochs`` passes, each over the shard files in its own seeded order.
+
+    ``start`` drops that many leading shard rows (over all epochs, held-out rows included) before
+    decoding: whole epochs and whole shard files are never read, and only the one shard file the
+    position falls in is read with its leading rows filtered out (``plan_shard_passes``).
 
     With ``mask_grid`` (the model's token grid) and ``mask_cfgs``, a second ``map_batches`` stage
     adds per-clip mask flags (``add_masks_batch``). ``fps``, when given, must match the shards'.
@@ -318,14 +370,105 @@ def shard_clip_dataset(
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None
     decode_kwargs = {"num_frames": num_frames, "size": size, "seed": seed, "crop_scale": tuple(crop_scale),
                      "crop_aspect": tuple(crop_aspect), "flip": flip, "held_out_fraction": held_out_fraction}
+    counts = _shard_row_counts(dataset_uri, info, uris, filesystem) if start else [0] * len(uris)
     passes = []
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(paths))
-        ds = ray.data.read_parquet([paths[i] for i in order], filesystem=filesystem).select_columns(["uri", "segment", "mp4"])
-        ds = ds.map_batches(decode_shard_batch, fn_kwargs={**decode_kwargs, "epoch": epoch}, batch_size=batch_size,
+    for plan in plan_shard_passes(paths, counts, seed=seed, epochs=epochs, start=start):
+        ds = _read_pass(plan, filesystem)
+        ds = ds.map_batches(decode_shard_batch, fn_kwargs={**decode_kwargs, "epoch": plan.epoch}, batch_size=batch_size,
                             batch_format="numpy", num_cpus=decode_cpus, compute=compute)
         passes.append(_with_masks(ds, mask_grid, mask_cfgs, seed, batch_size, decode_cpus, compute))
     return passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPass:
+    """One epoch's reads: ``head`` (a shard file whose first ``head_skip`` rows were consumed
+    before the resume position; None if the epoch starts on a file boundary), then ``files`` whole."""
+
+    epoch: int
+    files: list[str]
+    head: str | None = None
+    head_skip: int = 0
+
+
+def plan_shard_passes(paths: list[str], counts: list[int], *, seed: int, epochs: int, start: int = 0) -> list[ShardPass]:
+    """The epochs of ``shard_clip_dataset`` (each over ``paths`` in its seeded order) from row
+    ``start`` on: whole epochs and whole files before it are left out, using ``counts`` (rows per
+    file, aligned with ``paths``; unused when ``start`` is 0)."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    total = sum(counts)
+    first, skip = divmod(start, total) if start and total else (0, 0)
+    if start and (not total or first >= epochs):
+        raise ValueError(f"start={start} is past the {epochs * total} rows of {epochs} epochs")
+    passes = []
+    for epoch in range(first, epochs):
+        order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(paths))]
+        head = None
+        while epoch == first and skip and head is None:
+            i = order.pop(0)
+            if skip >= counts[i]:
+                skip -= counts[i]
+            else:
+                head = paths[i]
+        passes.append(ShardPass(epoch, [paths[i] for i in order], head, skip if head else 0))
+    return passes
+
+
+def _read_pass(plan: ShardPass, filesystem) -> ray.data.Dataset:
+    """Shard rows {"uri", "segment", "mp4"} of one pass: the head file without its consumed rows
+    (dropped by (uri, segment), before decode), then the whole files."""
+    import ray.data
+
+    columns = ["uri", "segment", "mp4"]
+    reads = []
+    if plan.head is not None:
+        consumed = _leading_rows(plan.head, plan.head_skip, filesystem)
+        reads.append(ray.data.read_parquet(plan.head, filesystem=filesystem).select_columns(columns)
+                     .map_batches(drop_rows_batch, fn_kwargs={"rows": consumed}, batch_format="pyarrow", batch_size=None))
+    if plan.files:
+        reads.append(ray.data.read_parquet(plan.files, filesystem=filesystem).select_columns(columns))
+    return reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
+
+
+def _leading_rows(path: str, n: int, filesystem) -> list[tuple[str, int]]:
+    """(uri, segment) of the first ``n`` rows of a shard file: only those two columns are read."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["uri", "segment"], filesystem=filesystem).slice(0, n)
+    return list(zip(table["uri"].to_pylist(), table["segment"].to_pylist()))
+
+
+def drop_rows_batch(batch, *, rows: list[tuple[str, int]]):
+    """Arrow shard rows minus those whose (uri, segment) is in ``rows``: a cheap filter before the
+    decode. (uri, segment) names one row of a shard, as ingest writes every segment once."""
+    import pyarrow as pa
+
+    drop = {(str(u), int(s)) for u, s in rows}
+    keep = [(u, s) not in drop for u, s in zip(batch["uri"].to_pylist(), batch["segment"].to_pylist())]
+    return batch.filter(pa.array(keep, type=pa.bool_()))
+
+
+def _shard_row_counts(dataset_uri: str, info: dict | None, uris: list[str], filesystem) -> list[int]:
+    """Rows per shard file (aligned with ``uris``): ``dataset.json``'s per-shard ``segments`` when
+    it lists them all, else each file's parquet footer (no data read)."""
+    listed = {}
+    for entry in (info or {}).get("shards", []):
+        if isinstance(entry, dict) and "segments" in entry:
+            path = entry["path"]
+            full = path if storage.is_s3(path) or os.path.isabs(path) else storage.join_uri(dataset_uri, path)
+            listed[full] = int(entry["segments"])
+    if all(u in listed for u in uris):
+        return [listed[u] for u in uris]
+    import pyarrow.parquet as pq
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer_rows(uri: str) -> int:
+        with pq.ParquetFile(_arrow_path(uri), filesystem=filesystem) as shard:
+            return shard.metadata.num_rows
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(footer_rows, uris))
 
 
 def _arrow_path(uri: str) -> str:

@@ -1,7 +1,8 @@
 """Image mode (I-JEPA): JPEG/PNG objects -> 1-frame clips with multiblock-2D masks, in Ray Data.
 
 Rows look like the video paths' rows (``pipelines.clips``): {"clip": uint8 (1, H, W, 3), "key":
-int64, "target_masks": bool (1, N), "context_masks": bool (1, N)}, so the trainer handles both;
+int64, "input_rows": int64, "target_masks": bool (1, N), "context_masks": bool (1, N)}, so the
+trainer handles both;
 images also carry context flags because I-JEPA's context is a block minus the targets, not the
 targets' complement. Augmentation: random resized crop (``pipelines.clips.augment_clip``) and flip.
 """
@@ -19,7 +20,7 @@ import torch
 from jepa.config import ImageMaskConfig
 from jepa.masks import ImageMaskGenerator
 from pipelines import storage
-from pipelines.clips import CROP_ASPECT, CROP_SCALE, _stable_hash, augment_clip, row_key
+from pipelines.clips import CROP_ASPECT, CROP_SCALE, INPUT_ROWS, _stable_hash, augment_clip, epoch_items, input_rows, row_key
 
 if TYPE_CHECKING:
     import ray.data
@@ -65,23 +66,25 @@ def decode_images_batch(
     crop_scale: tuple[float, float] = CROP_SCALE, crop_aspect: tuple[float, float] = CROP_ASPECT,
     flip: float = 0.5,
 ) -> dict[str, np.ndarray]:
-    """{"uri", optional "epoch"} -> {"clip": uint8 (B, 1, size, size, 3), "key": int64 (B,)};
-    undecodable or missing images are dropped with a warning."""
+    """{"uri", optional "epoch"} -> {"clip": uint8 (B, 1, size, size, 3), "key": int64 (B,),
+    INPUT_ROWS: int64 (B,)}; undecodable or missing images are dropped with a warning."""
     uris = batch["uri"]
     epochs = batch.get("epoch", np.zeros(len(uris), dtype=np.int64))
-    clips, keys = [], []
-    for uri, epoch in zip(uris, epochs):
+    clips, keys, kept = [], [], []
+    for i, (uri, epoch) in enumerate(zip(uris, epochs)):
         uri = str(uri)
         key = row_key(uri, 0, int(epoch))
         rng = np.random.default_rng([seed, key])
         try:
             clips.append(image_to_clip(storage.get_bytes(uri), size, rng, crop_scale, crop_aspect, flip))
             keys.append(key)
+            kept.append(i)
         except (ImageDecodeError, FileNotFoundError) as err:
             log.warning("skipping %s: %s", uri, err)
     if not clips:
-        return {"clip": np.zeros((0, 1, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64)}
-    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64)}
+        return {"clip": np.zeros((0, 1, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64),
+                INPUT_ROWS: np.zeros(0, np.int64)}
+    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64), INPUT_ROWS: input_rows(kept, len(uris))}
 
 
 def add_image_masks_batch(
@@ -117,15 +120,14 @@ def image_dataset(
     decode_cpus: float = 0.5,
     decode_tasks: int | None = None,
     batch_size: int = 4,
+    start: int = 0,
 ) -> ray.data.Dataset:
     """Image mode, like ``pipelines.clips.clip_dataset``: ``epochs`` passes over ``uris`` (each in
-    its own seeded order) -> decode + augment -> I-JEPA masks, all in ``map_batches`` on CPU."""
+    its own seeded order) -> decode + augment -> I-JEPA masks, all in ``map_batches`` on CPU.
+    ``start`` drops that many leading (uri, epoch) rows before any image is downloaded."""
     import ray.data
 
-    items = []
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(uris))
-        items += [{"uri": uris[i], "epoch": epoch} for i in order]
+    items = epoch_items(uris, seed=seed, epochs=epochs, start=start)
     compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None
     common = dict(batch_size=batch_size, batch_format="numpy", num_cpus=decode_cpus, compute=compute)
     ds = ray.data.from_items(items).map_batches(

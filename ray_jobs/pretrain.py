@@ -10,8 +10,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
@@ -28,7 +29,7 @@ from jepa.objective import collapse_warning
 from jepa.optim import build_optimizer, lr_at
 from jepa.train_step import train_step
 from jepa.transforms import clips_to_tensor
-from pipelines.clips import clip_dataset, list_videos, shard_clip_dataset, split_held_out
+from pipelines.clips import INPUT_ROWS, clip_dataset, list_videos, shard_clip_dataset, split_held_out
 from pipelines.images import image_dataset, list_images
 from pipelines.shards import load_dataset_info
 from pipelines.storage import get_bytes, is_s3, join_uri, parse_uri, put_bytes, pyarrow_fs
@@ -41,6 +42,11 @@ from ray_jobs.cluster import connect, forwarded_env
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}
 # Beside Ray Train's files in `<checkpoint_uri>/<run name>/`: which MLflow run the training run logs to.
 RUN_INFO_FILE = "jepa_run.json"
+# In each checkpoint folder, beside jepa.checkpoint's files: where the data stood (`_data_position`),
+# so the driver starts the next attempt's dataset there without loading a multi-GB train_state.pt.
+POSITION_FILE = "position.json"
+# Ray Train's list of a run's complete checkpoints, in the run folder.
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -52,12 +58,36 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _clip_batches(shard, batch_size: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """The dataset holds enough epochs for every step; the equal split keeps DDP ranks in step.
-    A resumed run skips the `skip` batches its earlier attempts consumed."""
-    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, drop_last=True)):
-        if i >= skip:
-            yield batch  # clip: (B, T, H, W, 3) uint8, target_masks: (B, K, N) bool
+class ClipStream:
+    """A rank's training batches, counting the dataset input rows behind them (`INPUT_ROWS`: drops
+    included) so a checkpoint can record where the data stands. The dataset holds enough epochs for
+    every step; the equal split keeps DDP ranks in step."""
+
+    def __init__(self, shard, batch_size: int, skip: int = 0):
+        self._batches = iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=True))
+        self.rows = 0
+        """Input rows of this attempt's dataset consumed so far, skipped batches included."""
+        for _ in range(skip):  # only when the dataset starts before this rank's checkpoint
+            if self.next() is None:
+                break
+
+    def next(self) -> dict[str, torch.Tensor] | None:
+        batch = next(self._batches, None)
+        if batch is not None:
+            self.rows += int(batch.pop(INPUT_ROWS).sum())
+        return batch  # clip: (B, T, H, W, 3) uint8, target_masks: (B, K, N) bool
+
+
+def _data_position(state: TrainState, rows: int, start_rows: int, world: int) -> dict[str, Any]:
+    """Where the data stands at a checkpoint (a collective: every rank calls it): `rows`, the input
+    rows all ranks consumed from the first row of the first attempt (a resumed attempt's dataset
+    starts there), and each rank's clips_seen. Written to POSITION_FILE by rank 0."""
+    per_rank = [(state.clips_seen, rows)]
+    if world > 1:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, (state.clips_seen, rows))
+    return {"step": state.step, "world_size": world, "clips_seen_per_rank": [c for c, _ in per_rank],
+            "rows": start_rows + sum(r for _, r in per_rank)}
 
 
 def _last_logged_step(client, run_id: str) -> int:
@@ -67,15 +97,17 @@ def _last_logged_step(client, run_id: str) -> int:
 
 
 def _report(metrics: dict[str, float], state: TrainState, plain, optimizer, cfg: RunConfig,
-            logger: tracking.MetricLogger | None) -> None:
-    """Checkpoint: rank 0 writes the folder and reports it (Ray uploads it to the run's storage and
-    lists it only once the upload is complete); the other ranks report without one."""
+            logger: tracking.MetricLogger | None, position: dict[str, Any]) -> None:
+    """Checkpoint: rank 0 writes the folder (with the data position) and reports it (Ray uploads it
+    to the run's storage and lists it only once the upload is complete); the other ranks report
+    without one."""
     if logger is None:
         ray.train.report(metrics, checkpoint=None)
         return
     logger.flush()  # everything up to this step is in MLflow before the checkpoint exists
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(plain, optimizer, cfg, tmp, state)
+        Path(tmp, POSITION_FILE).write_text(json.dumps(position))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -102,13 +134,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # A restarted attempt (or a relaunch) may find steps past its checkpoint already logged.
     logged_through = _last_logged_step(logger.client, run_id) if logger else -1
 
-    clips_iter = _clip_batches(ray.train.get_dataset_shard("train"), t.batch_size,
-                               skip=state.clips_seen // t.batch_size)
+    # The driver started the dataset at the checkpoint's position: skip only what it did not.
+    start = loop_config["data_start"]
+    behind = state.clips_seen - start["clips_seen"]
+    if behind < 0:
+        raise RuntimeError(f"rank {rank}: the dataset starts at row {start['rows']} (clips_seen "
+                           f"{start['clips_seen']}), past this rank's checkpoint (clips_seen {state.clips_seen})")
+    if behind:
+        print(f"[pretrain] rank {rank} skips {behind} decoded clips (no {POSITION_FILE} in its checkpoint)", flush=True)
+    clips = ClipStream(ray.train.get_dataset_shard("train"), t.batch_size, skip=behind // t.batch_size)
     t_last, steps_since = time.perf_counter(), 0
     for step in range(state.step, t.steps):
         micro_batches = []
         for _ in range(accum):
-            batch = next(clips_iter, None)
+            batch = clips.next()
             if batch is None:
                 raise RuntimeError(f"rank {rank} ran out of clips at step {step}: too many undecodable videos?")
             # masks were drawn in the data pipeline; images also carry context flags (I-JEPA)
@@ -131,7 +170,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"[pretrain] WARNING at step {step + 1}: {warning}", flush=True)
                 logger.client.set_tag(run_id, "jepa.collapse_warning", f"step {step + 1}: {warning}")
         if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.steps:
-            _report({"step": state.step, "loss": metrics["loss"]}, state, plain, optimizer, cfg, logger)
+            position = _data_position(state, clips.rows, start["rows"], world)
+            _report({"step": state.step, "loss": metrics["loss"]}, state, plain, optimizer, cfg, logger, position)
 
     prints = [fingerprint(plain)]
     if world > 1:
@@ -172,9 +212,10 @@ def _split_for_training(uris: list[str], kind: str, cfg: RunConfig) -> tuple[lis
     return train_uris, held_out
 
 
-def build_dataset(cfg: RunConfig):
+def build_dataset(cfg: RunConfig, start: int = 0):
     """Clips + masks for training: from an ingested dataset's shards (`data.dataset`), or straight
-    from the raw videos under `data.source` (direct mode). Returns (dataset, held-out video URIs)."""
+    from the raw videos under `data.source` (direct mode), from input row `start` on (a resumed
+    run's position: the rows before it are never decoded). Returns (dataset, held-out video URIs)."""
     d, m = cfg.data, cfg.model
     clips_needed = cfg.train.steps * cfg.train.batch_size * cfg.train.num_workers * cfg.train.accumulation_steps
     common = dict(num_frames=m.num_frames, size=m.img_size, fps=d.fps, seed=cfg.train.seed,
@@ -185,7 +226,7 @@ def build_dataset(cfg: RunConfig):
         dataset = image_dataset(train_uris, size=m.img_size, mask_grid=token_grid(m), mask_cfg=cfg.image_masks,
                                 seed=cfg.train.seed, epochs=math.ceil(clips_needed / len(train_uris)) + 1,
                                 crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
-                                decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks)
+                                decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks, start=start)
         print(f"[pretrain] {len(train_uris)} training images, {len(held_out)} held out", flush=True)
     elif d.dataset:
         info = load_dataset_info(d.dataset) or {}
@@ -193,12 +234,12 @@ def build_dataset(cfg: RunConfig):
         usable = max(1, int(segments * (1 - d.held_out_fraction)))
         dataset = shard_clip_dataset(d.dataset, epochs=math.ceil(clips_needed / usable) + 1,
                                      crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
-                                     held_out_fraction=d.held_out_fraction, **common)
+                                     held_out_fraction=d.held_out_fraction, start=start, **common)
         held_out: list[str] = []
         print(f"[pretrain] {segments} segments in {d.dataset}", flush=True)
     else:
         train_uris, held_out = _split_for_training(list_videos(d.source), "videos", cfg)
-        dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, **common)
+        dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, start=start, **common)
         print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
     dataset.context.enable_progress_bars = False  # the step lines below are the progress
     return dataset, held_out
@@ -231,32 +272,70 @@ def _existing_run_id(run_dir: str) -> str | None:
         return None
 
 
-def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
-    """Train with Ray Train on `cfg.data.dataset` (shards) or `cfg.data.source` (raw videos);
-    returns the registered model.
+def latest_position(root: str, name: str) -> dict[str, Any] | None:
+    """POSITION_FILE of the run's latest complete checkpoint, the one Ray Train hands the next
+    attempt's workers (`ray.train.Result.from_path` reads the run's snapshot, which lists only
+    uploaded checkpoints); None if the run has none. Never loads train_state.pt."""
+    storage_path, fs = storage_for(root)
+    fs = fs or pafs.LocalFileSystem()
+    run_path = f"{storage_path}/{name}"
+    if fs.get_file_info(f"{run_path}/{RAY_SNAPSHOT_FILE}").type == pafs.FileType.NotFound:
+        return None
+    checkpoint = ray.train.Result.from_path(run_path, storage_filesystem=fs).checkpoint
+    if checkpoint is None:
+        return None
+    path = f"{checkpoint.path}/{POSITION_FILE}"
+    if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        print(f"[pretrain] {checkpoint.path} has no {POSITION_FILE} (written before positions were "
+              f"recorded): the dataset starts at row 0 and the workers skip what it consumed", flush=True)
+        return None
+    with checkpoint.filesystem.open_input_stream(path) as f:
+        return json.loads(f.read())
 
-    Checkpoints go to `<checkpoint_root>/<train.run_name>/checkpoint_*` every `train.checkpoint_every`
-    steps and at the end. Ray Train restarts failed worker groups from the latest one (up to
-    `train.max_failures` times); relaunching with the same `train.run_name` resumes the run from its
-    latest checkpoint and keeps logging to the same MLflow run.
-    """
-    if cfg.train.keep_checkpoints < 1:
-        raise ConfigError("train.keep_checkpoints: must be at least 1 (the latest checkpoint)")
-    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")  # a local Ray inherits it
-    connect()
-    root = checkpoint_root(cfg)
-    run_id = _existing_run_id(join_uri(root, cfg.train.run_name)) if cfg.train.run_name else None
-    if run_id:
-        print(f"[pretrain] resuming {cfg.train.run_name}: MLflow run {run_id}", flush=True)
-    dataset, held_out = build_dataset(cfg)
-    run_id = run_id or tracking.start_run(cfg, run_name)
-    name = cfg.train.run_name or f"pretrain-{run_id}"
-    put_bytes(join_uri(root, name, RUN_INFO_FILE), json.dumps({"mlflow_run_id": run_id}).encode())
-    print(f"[pretrain] MLflow run {tracking.run_url(run_id)}; checkpoints in {join_uri(root, name)}", flush=True)
+
+def _data_start(position: dict[str, Any] | None) -> dict[str, int]:
+    """Where an attempt's dataset starts (input rows over all ranks) and the per-rank clips_seen
+    that corresponds to, handed to the workers so they skip nothing more."""
+    if position is None:
+        return {"rows": 0, "clips_seen": 0}
+    return {"rows": int(position["rows"]), "clips_seen": int(position["clips_seen_per_rank"][0])}
+
+
+def _announce_start(run_id: str, position: dict[str, Any] | None, attempt: int) -> None:
+    """Print where an attempt starts; a resumed one also logs MLflow metric `resume_row` (the
+    dataset row it starts at) at its checkpoint's step, one point per resume."""
+    if position is None:
+        if attempt > 1:
+            print(f"[pretrain] attempt {attempt}: no checkpoint yet, starting over at step 0, dataset row 0", flush=True)
+        return
+    print(f"[pretrain] attempt {attempt}: resuming at step {position['step']}, dataset from row "
+          f"{position['rows']} (the rows before it are not read again)", flush=True)
+    tracking.MlflowClient().log_metric(run_id, "resume_row", position["rows"], step=position["step"])
+
+
+def _describe(err: Exception) -> str:
+    """One line for a failed attempt: which ranks failed with what, else the error's first line."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        return "; ".join(f"rank {r}: {type(e).__name__}" for r, e in sorted(failures.items()))
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _preempted(err: Exception) -> bool:
+    """A node preemption rather than a failure (Ray Train's own rule): not charged to max_failures."""
+    if isinstance(err, ray.train.PreemptionError):
+        return True
+    failures = getattr(err, "worker_failures", {}).values()
+    return any(getattr(getattr(e, "health_check_failure", e), "preempted", False) for e in failures)
+
+
+def _trainer(cfg: RunConfig, run_id: str, name: str, root: str, dataset, data_start: dict[str, int]) -> TorchTrainer:
+    """One attempt of the run: Ray Train itself never restarts it (max_failures=0, no preemption
+    retries), `pretrain` does, so every attempt's dataset starts at its checkpoint's position."""
     storage_path, storage_fs = storage_for(root)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_id": run_id},
+        train_loop_config={"run": cfg.to_dict(), "run_id": run_id, "data_start": data_start},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -268,11 +347,54 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
             worker_runtime_env={"env_vars": WORKER_ENV | forwarded_env()},
         ),
     )
-    trainer.fit()
+
+
+def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
+    """Train with Ray Train on `cfg.data.dataset` (shards) or `cfg.data.source` (raw videos);
+    returns the registered model.
+
+    Checkpoints go to `<checkpoint_root>/<train.run_name>/checkpoint_*` every `train.checkpoint_every`
+    steps and at the end. A failed worker group is restarted here from the latest one (up to
+    `train.max_failures` times; preemptions do not count), with a dataset that starts at that
+    checkpoint's data position; relaunching with the same `train.run_name` does the same and keeps
+    logging to the same MLflow run.
+    """
+    if cfg.train.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints: must be at least 1 (the latest checkpoint)")
+    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")  # a local Ray inherits it
+    connect()
+    root = checkpoint_root(cfg)
+    run_id = _existing_run_id(join_uri(root, cfg.train.run_name)) if cfg.train.run_name else None
+    if run_id:
+        print(f"[pretrain] resuming {cfg.train.run_name}: MLflow run {run_id}", flush=True)
+    position = latest_position(root, cfg.train.run_name) if cfg.train.run_name else None
+    dataset, held_out = build_dataset(cfg, start=_data_start(position)["rows"])
+    run_id = run_id or tracking.start_run(cfg, run_name)
+    name = cfg.train.run_name or f"pretrain-{run_id}"
+    put_bytes(join_uri(root, name, RUN_INFO_FILE), json.dumps({"mlflow_run_id": run_id}).encode())
+    print(f"[pretrain] MLflow run {tracking.run_url(run_id)}; checkpoints in {join_uri(root, name)}", flush=True)
+    failures = attempt = 0
+    while True:
+        attempt += 1
+        _announce_start(run_id, position, attempt)
+        try:
+            _trainer(cfg, run_id, name, root, dataset, _data_start(position)).fit()
+            break
+        except ray.train.TrainingFailedError as err:
+            # Restarted here, not by Ray Train: its restart would replay the dataset from its first row.
+            preempted = _preempted(err)
+            failures += 0 if preempted else 1
+            limit = cfg.train.max_failures
+            if not preempted and 0 <= limit < failures:
+                raise
+            cause = "a preemption" if preempted else f"failure {failures}/{'unlimited' if limit < 0 else limit}"
+            print(f"[pretrain] attempt {attempt} failed ({cause}): {_describe(err)}", flush=True)
+            position = latest_position(root, name)
+            dataset, _ = build_dataset(cfg, start=_data_start(position)["rows"])
     tracking.log_loss_curve(run_id)  # plots/loss_curve.png: loss, target_std, effective_rank by step
     versions = tracking.MlflowClient().search_model_versions(f"run_id='{run_id}'")
     if not versions:
