@@ -40,6 +40,13 @@ class ModelConfig:
     """Predictor attention heads."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
+    init_from: str = ""
+    """A V-JEPA 2 checkpoint (facebookresearch/vjepa2 `.pt` layout; a local path or s3:// URI) that a
+    new run starts from instead of random weights; the sections above must describe its networks.
+    A resumed run loads its own checkpoint instead."""
+    init_predictor: bool = True
+    """With `init_from`: load the file's predictor too; false for encoder-only files, whose
+    predictor then starts freshly initialised."""
 
 
 @dataclass
@@ -155,7 +162,8 @@ class TrainConfig:
     """Name of the training run, the folder under `checkpoint_uri`; relaunching with the same name
     resumes from its latest checkpoint (and MLflow run). Empty = a new `pretrain-<MLflow run id>`."""
     max_failures: int = 3
-    """Worker-group failures Ray Train recovers from (restart from the latest checkpoint); -1 = no limit."""
+    """Worker-group failures `jepa pretrain` recovers from (a restart from the latest checkpoint, its
+    dataset starting at that checkpoint's data position; node preemptions do not count); -1 = no limit."""
 
     def __post_init__(self) -> None:
         self.accumulation_steps  # validates global_batch_size

@@ -41,8 +41,12 @@ from jepa.vit import ENCODER_PRESETS, VisionTransformer
 WRAPPER_PREFIX = "module.backbone."
 MARKER = "jepa_ray"
 ENCODERS = ("encoder", "target_encoder")
-# Reference constructor names -> our presets (ours are accepted too).
+# Reference constructor names -> our presets (ours are accepted too). V-JEPA 2 released L/H/g; the
+# smaller ones are for files exported from small models trained here (`model.init_from` in tests).
 ARCH_NAMES = {
+    "vit_tiny": "tiny",
+    "vit_small": "small",
+    "vit_base": "base",
     "vit_large": "large",
     "vit_huge": "huge",
     "vit_giant": "giant",
@@ -63,11 +67,11 @@ class VJEPA2CheckpointError(ValueError):
 
 
 def resolve_arch(arch: str) -> str:
-    """`vit_large` / `vit_huge` / `vit_giant_xformers` (or our `large` / `huge` / `giant`) -> preset."""
+    """`vit_large` / `vit_huge` / `vit_giant_xformers` / ... (or our `large` / `huge` / ...) -> preset."""
     name = ARCH_NAMES.get(arch, arch)
-    if name not in ("large", "huge", "giant"):
+    if name not in ENCODER_PRESETS:
         raise VJEPA2CheckpointError(
-            f"unknown V-JEPA 2 arch {arch!r}; choose from {', '.join([*ARCH_NAMES, 'large', 'huge', 'giant'])}"
+            f"unknown V-JEPA 2 arch {arch!r}; choose from {', '.join([*ARCH_NAMES, *ENCODER_PRESETS])}"
         )
     return name
 
@@ -174,8 +178,8 @@ def load_vjepa2(
 ) -> tuple[JEPA, ModelConfig]:
     """Load a V-JEPA 2 checkpoint (a path to the `.pt`, or the loaded dict) strictly into a JEPA.
 
-    arch: `vit_large`, `vit_huge`, `vit_giant_xformers` (or `large`, `huge`, `giant`); the
-        encoder width in the file must match it. Heads cannot be read from shapes, so they come
+    arch: `vit_large`, `vit_huge`, `vit_giant_xformers` (or `large`, `huge`, `giant`; smaller
+        presets too, for our own exports); the encoder width in the file must match it. Heads cannot be read from shapes, so they come
         from the preset (and `pred_num_heads` for the predictor, 12 in every V-JEPA 2 config).
     predictor: load the predictor too (the file must have one). With False the file's
         predictor, if any, is ignored and ours stays freshly initialised (12 x 384, 12 heads):

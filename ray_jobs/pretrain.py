@@ -35,6 +35,7 @@ from pipelines.shards import load_dataset_info
 from pipelines.storage import get_bytes, is_s3, join_uri, parse_uri, put_bytes, pyarrow_fs
 from ray_jobs import tracking
 from ray_jobs.cluster import connect, forwarded_env
+from ray_jobs.init_from import check_init_from, load_init_weights
 
 # Train V2 tees print() into its logger as well as stdout; one copy of each progress line is enough.
 # pyarrow's S3 client (Ray Train's checkpoint uploads) must not send checksum trailers to SeaweedFS
@@ -45,6 +46,9 @@ RUN_INFO_FILE = "jepa_run.json"
 # In each checkpoint folder, beside jepa.checkpoint's files: where the data stood (`_data_position`),
 # so the driver starts the next attempt's dataset there without loading a multi-GB train_state.pt.
 POSITION_FILE = "position.json"
+# Messages of object-store outages (botocore, pyarrow, S3 status codes) that Ray Data retries.
+STORE_OUTAGE_ERRORS = ("Could not connect to the endpoint URL", "Connection was closed", "Read timeout on endpoint URL",
+                       "InternalError", "ServiceUnavailable", "SlowDown")
 # Ray Train's list of a run's complete checkpoints, in the run folder.
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
@@ -122,6 +126,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(t.seed)
     plain = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
+    if cfg.model.init_from and rank == 0 and ray.train.get_checkpoint() is None:
+        load_init_weights(plain, cfg)  # the other ranks get these weights from DDP's broadcast
     model = ray.train.torch.prepare_model(plain)
     optimizer = build_optimizer(plain, cfg.optim)
     state = TrainState(step=0, extra={"mlflow_run_id": run_id})
@@ -173,18 +179,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             position = _data_position(state, clips.rows, start["rows"], world)
             _report({"step": state.step, "loss": metrics["loss"]}, state, plain, optimizer, cfg, logger, position)
 
-    prints = [fingerprint(plain)]
+    # Each rank's weights (equal iff DDP kept the ranks in step) and the Ray node it ran on.
+    mine = (fingerprint(plain), ray.get_runtime_context().get_node_id())
+    ranks = [mine]
     if world > 1:
-        prints = [None] * world
-        dist.all_gather_object(prints, fingerprint(plain))
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
     if rank == 0:
         logger.flush()
         client = logger.client
         # MLflow params are immutable: a relaunch that trains further logs under its final step.
-        prefix = "ddp.fingerprint." if "ddp.fingerprint.rank0" not in client.get_run(run_id).data.params \
-            else f"ddp.fingerprint.step{state.step}."
-        for r, fp in enumerate(prints):
-            client.log_param(run_id, f"{prefix}rank{r}", fp)
+        again = "ddp.fingerprint.rank0" in client.get_run(run_id).data.params
+        tag = f"step{state.step}." if again else ""
+        for r, (fp, node) in enumerate(ranks):
+            client.log_param(run_id, f"ddp.fingerprint.{tag}rank{r}", fp)
+            client.log_param(run_id, f"ddp.node.{tag}rank{r}", node)
+        prints = [fp for fp, _ in ranks]
         if len(set(prints)) != 1:
             print(f"[pretrain] WARNING: DDP ranks diverged: {prints}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -242,6 +252,10 @@ def build_dataset(cfg: RunConfig, start: int = 0):
         dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, start=start, **common)
         print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
     dataset.context.enable_progress_bars = False  # the step lines below are the progress
+    # An object store outage longer than the storage clients' retries (pipelines.storage) fails a
+    # decode task: retry the task rather than fail the dataset, for these errors only.
+    dataset.context.retried_map_errors = list(STORE_OUTAGE_ERRORS)
+    dataset.context.max_map_retries = 3
     return dataset, held_out
 
 
@@ -365,6 +379,7 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
     """
     if cfg.train.keep_checkpoints < 1:
         raise ConfigError("train.keep_checkpoints: must be at least 1 (the latest checkpoint)")
+    check_init_from(cfg)
     os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")  # a local Ray inherits it
     connect()
     root = checkpoint_root(cfg)

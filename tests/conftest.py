@@ -163,3 +163,17 @@ def ray_local(stack_config) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack_client_env(local_stack, ray_local) -> Iterator[StackConfig]:
+    """What a user gets from `eval "$(jepa stack env)"`: every client variable of the stack (S3,
+    MLflow, ...) set for the rest of the session, except RAY_ADDRESS (tests use `ray_local`)."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in Stack(local_stack.config).env().items():
+            if key != "RAY_ADDRESS":
+                patch.setenv(key, value)
+        mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
+        yield local_stack.config

@@ -44,8 +44,9 @@ def layout(arch: str, depth: int = 2, num_mask_tokens: int = 6) -> dict:
 def test_arch_names():
     assert [resolve_arch(a) for a in ("vit_large", "vit_huge", "vit_giant_xformers", "vit_giant", "giant")] == [
         "large", "huge", "giant", "giant", "giant"]
-    with pytest.raises(VJEPA2CheckpointError, match="vit_base"):
-        resolve_arch("vit_base")
+    assert resolve_arch("vit_base") == resolve_arch("base") == "base"
+    with pytest.raises(VJEPA2CheckpointError, match="vit_enormous"):
+        resolve_arch("vit_enormous")
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -3,14 +3,12 @@
 import io
 import math
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from jepa.config import load_config
 from pipelines.storage import put_bytes
-from ray_jobs.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +29,14 @@ def _png(rng: np.random.Generator) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def stack_env(local_stack, ray_local):
-    """The stack's client variables, and 12 small PNGs (plus one broken one) under `source`."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in Stack(local_stack.config).env().items():
-            if key != "RAY_ADDRESS":
-                patch.setenv(key, value)
-        mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
-        source = f"s3://{local_stack.config.bucket}/raw/e2e-images"
-        rng = np.random.default_rng(0)
-        for i in range(12):
-            put_bytes(f"{source}/img{i:02d}.png", _png(rng))
-        put_bytes(f"{source}/broken.jpg", b"not a jpeg")  # skipped with a warning
-        yield source
+def stack_env(stack_client_env):
+    """12 small PNGs (plus one broken one) under `source`."""
+    source = f"s3://{stack_client_env.bucket}/raw/e2e-images"
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        put_bytes(f"{source}/img{i:02d}.png", _png(rng))
+    put_bytes(f"{source}/broken.jpg", b"not a jpeg")  # skipped with a warning
+    return source
 
 
 def test_pretrain_in_image_mode(stack_env):

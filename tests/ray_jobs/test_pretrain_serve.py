@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 from jepa.config import load_config
 from pipelines.storage import get_bytes
 from pipelines.synth_physics import PhysicsConfig, synthesize
-from ray_jobs.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,11 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def stack_env(local_stack, ray_local):
-    """The stack's client variables, and 12 synthetic videos under `source`."""
+def stack_env(stack_client_env):
+    """12 synthetic videos under `source`, and the API token the Serve replicas will require."""
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in Stack(local_stack.config).env().items():
-            if key != "RAY_ADDRESS":
-                patch.setenv(key, value)
         patch.setenv("JEPA_API_TOKEN", TOKEN)  # forwarded to the Serve replicas at deploy time
-        mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
-        source = f"s3://{local_stack.config.bucket}/raw/e2e"
+        source = f"s3://{stack_client_env.bucket}/raw/e2e"
         synthesize(12, source, seed=3, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
         yield source
 
