@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -20,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from jepa.config import load_config
 from pipelines.storage import get_bytes, list_objects
 from pipelines.synth_physics import PhysicsConfig, synthesize
-from ray_jobs.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +32,10 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def source(local_stack, ray_local):
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in Stack(local_stack.config).env().items():
-            if key != "RAY_ADDRESS":
-                patch.setenv(key, value)
-        mlflow.set_tracking_uri(local_stack.config.mlflow_uri)
-        uri = f"s3://{local_stack.config.bucket}/raw/fault-tolerance"
-        synthesize(6, uri, seed=5, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
-        yield uri
+def source(stack_client_env):
+    uri = f"s3://{stack_client_env.bucket}/raw/fault-tolerance"
+    synthesize(6, uri, seed=5, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
+    return uri
 
 
 def _checkpoints(bucket: str, run_name: str) -> dict[str, int]:
