@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from segment_rows import SPEC, physics_segment_rows
 
 from jepa.config import ImageMaskConfig
 from pipelines import storage
@@ -21,11 +22,10 @@ from pipelines.clips import (
     shard_clip_dataset,
 )
 from pipelines.images import decode_images_batch, image_dataset
-from pipelines.shards import ClipSpec, encode_segment, rows_to_table, video_rows, write_shard
+from pipelines.shards import encode_segment, rows_to_table, write_shard
 from pipelines.synth_physics import PhysicsConfig, make_video, synthesize
 
 CLIP = {"num_frames": 8, "fps": 4.0, "size": 32}
-SPEC = ClipSpec(fps=4.0, short_side=48, frames=8)
 
 
 def test_input_rows_gives_drops_to_the_next_clip_and_trailing_ones_to_the_last():
@@ -154,11 +154,7 @@ def test_image_dataset_from_start_yields_the_rest(ray_local, s3_env):
 @pytest.fixture(scope="module")
 def segment_rows() -> list[dict]:
     """Eight shard rows (8-frame segments) from two short videos, as four sources."""
-    base = []
-    for i in range(2):
-        data, _ = make_video(PhysicsConfig(seconds=4.0, fps=12, size=64), seed=i)
-        base += list(video_rows(data, uri=f"s3://b/raw/v{i}.mp4", etag=f"e{i}", spec=SPEC))
-    assert len(base) == 4
+    base = physics_segment_rows()
     return [{**row, "uri": row["uri"].replace(".mp4", f"-{copy}.mp4")} for copy in range(2) for row in base]
 
 

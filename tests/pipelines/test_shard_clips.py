@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from segment_rows import SPEC, physics_segment_rows
 
 from jepa.config import MaskConfig
 from jepa.masks import masks_from_flags
@@ -20,10 +21,8 @@ from pipelines.clips import (
     shard_clip_dataset,
     split_held_out,
 )
-from pipelines.shards import ClipSpec, rows_to_table, video_rows, write_shard
-from pipelines.synth_physics import PhysicsConfig, make_video
+from pipelines.shards import rows_to_table, write_shard
 
-SPEC = ClipSpec(fps=4.0, short_side=48, frames=8)
 GRID = (4, 4, 4)  # 8 frames / tubelet 2, 64 px / patch 16
 MASKS = [MaskConfig(4, 0.15), MaskConfig(1, 0.5)]
 
@@ -77,12 +76,7 @@ def test_augment_same_crop_every_frame_flip_and_determinism():
 @pytest.fixture(scope="module")
 def shard_rows() -> list[dict]:
     """Shard rows from two 4 s synthetic physics videos (64 px, 12 fps): 2 segments of 8 each."""
-    rows = []
-    for i in range(2):
-        data, _ = make_video(PhysicsConfig(seconds=4.0, fps=12, size=64), seed=i)
-        rows += list(video_rows(data, uri=f"s3://b/raw/v{i}.mp4", etag=f"e{i}", spec=SPEC))
-    assert len(rows) == 4
-    return rows
+    return list(physics_segment_rows())
 
 
 def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
