@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -91,26 +92,40 @@ def _no_clips(num_frames: int, size: int) -> dict[str, np.ndarray]:
             INPUT_ROWS: np.zeros(0, np.int64)}
 
 
-def decode_clips_batch(
-    batch: dict[str, np.ndarray], *, num_frames: int, fps: float, size: int, seed: int
+def decode_uri_batch(
+    batch: dict[str, np.ndarray], decode_one: Callable[[str, int], np.ndarray],
+    errors: tuple[type[Exception], ...], *, num_frames: int, size: int,
 ) -> dict[str, np.ndarray]:
-    """{"uri", optional "epoch"} -> {"clip": uint8 (B, T, H, W, 3), "key": int64 (B,),
-    INPUT_ROWS: int64 (B,)}; undecodable rows are dropped."""
+    """{"uri", optional "epoch"} -> {"clip": uint8 (B, num_frames, size, size, 3), "key": int64 (B,),
+    INPUT_ROWS: int64 (B,)}, each clip from ``decode_one(uri, epoch)``; rows that raise one of
+    ``errors`` or FileNotFoundError are dropped with a warning (direct and image mode)."""
     uris = batch["uri"]
     epochs = batch.get("epoch", np.zeros(len(uris), dtype=np.int64))
     clips, keys, kept = [], [], []
     for i, (uri, epoch) in enumerate(zip(uris, epochs)):
-        uri = str(uri)
-        rng = np.random.default_rng([seed, _stable_hash(uri), int(epoch)])
+        uri, epoch = str(uri), int(epoch)
         try:
-            clips.append(decode_clip(storage.get_bytes(uri), num_frames, fps, size, rng=rng))
-            keys.append(row_key(uri, 0, int(epoch)))
-            kept.append(i)
-        except (VideoDecodeError, FileNotFoundError) as err:
+            clips.append(decode_one(uri, epoch))
+        except (*errors, FileNotFoundError) as err:
             log.warning("skipping %s: %s", uri, err)
+            continue
+        keys.append(row_key(uri, 0, epoch))
+        kept.append(i)
     if not clips:
         return _no_clips(num_frames, size)
     return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64), INPUT_ROWS: input_rows(kept, len(uris))}
+
+
+def decode_clips_batch(
+    batch: dict[str, np.ndarray], *, num_frames: int, fps: float, size: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Direct mode's decode stage (``decode_uri_batch``): a clip of each raw video, drawn from an
+    RNG seeded by (seed, video, epoch)."""
+    def decode_one(uri: str, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, _stable_hash(uri), epoch])
+        return decode_clip(storage.get_bytes(uri), num_frames, fps, size, rng=rng)
+
+    return decode_uri_batch(batch, decode_one, (VideoDecodeError,), num_frames=num_frames, size=size)
 
 
 def epoch_items(uris: list[str], *, seed: int, epochs: int, start: int = 0) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,12 +19,10 @@ import torch
 from jepa.config import ImageMaskConfig
 from jepa.masks import ImageMaskGenerator
 from pipelines import storage
-from pipelines.clips import CROP_ASPECT, CROP_SCALE, INPUT_ROWS, _stable_hash, augment_clip, epoch_items, input_rows, row_key
+from pipelines.clips import CROP_ASPECT, CROP_SCALE, _stable_hash, augment_clip, decode_uri_batch, epoch_items, row_key
 
 if TYPE_CHECKING:
     import ray.data
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -66,25 +63,13 @@ def decode_images_batch(
     crop_scale: tuple[float, float] = CROP_SCALE, crop_aspect: tuple[float, float] = CROP_ASPECT,
     flip: float = 0.5,
 ) -> dict[str, np.ndarray]:
-    """{"uri", optional "epoch"} -> {"clip": uint8 (B, 1, size, size, 3), "key": int64 (B,),
-    INPUT_ROWS: int64 (B,)}; undecodable or missing images are dropped with a warning."""
-    uris = batch["uri"]
-    epochs = batch.get("epoch", np.zeros(len(uris), dtype=np.int64))
-    clips, keys, kept = [], [], []
-    for i, (uri, epoch) in enumerate(zip(uris, epochs)):
-        uri = str(uri)
-        key = row_key(uri, 0, int(epoch))
-        rng = np.random.default_rng([seed, key])
-        try:
-            clips.append(image_to_clip(storage.get_bytes(uri), size, rng, crop_scale, crop_aspect, flip))
-            keys.append(key)
-            kept.append(i)
-        except (ImageDecodeError, FileNotFoundError) as err:
-            log.warning("skipping %s: %s", uri, err)
-    if not clips:
-        return {"clip": np.zeros((0, 1, size, size, 3), dtype=np.uint8), "key": np.zeros(0, np.int64),
-                INPUT_ROWS: np.zeros(0, np.int64)}
-    return {"clip": np.stack(clips), "key": np.asarray(keys, dtype=np.int64), INPUT_ROWS: input_rows(kept, len(uris))}
+    """Image mode's decode stage (``pipelines.clips.decode_uri_batch``): each image as a 1-frame
+    clip, augmented from an RNG seeded by (seed, row key); undecodable or missing images are dropped."""
+    def decode_one(uri: str, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, row_key(uri, 0, epoch)])
+        return image_to_clip(storage.get_bytes(uri), size, rng, crop_scale, crop_aspect, flip)
+
+    return decode_uri_batch(batch, decode_one, (ImageDecodeError,), num_frames=1, size=size)
 
 
 def add_image_masks_batch(
