@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -24,14 +23,13 @@ from ray.train.torch import TorchTrainer
 from jepa.checkpoint import TrainState, load_checkpoint, save_checkpoint, save_model
 from jepa.config import ConfigError, RunConfig, from_dict
 from jepa.masks import masks_from_flags
-from jepa.model import build_jepa, token_grid
+from jepa.model import build_jepa
 from jepa.objective import collapse_warning
 from jepa.optim import build_optimizer, lr_at
 from jepa.train_step import train_step
 from jepa.transforms import clips_to_tensor
-from pipelines.clips import INPUT_ROWS, clip_dataset, list_videos, shard_clip_dataset, split_held_out
-from pipelines.images import image_dataset, list_images
-from pipelines.shards import load_dataset_info
+from pipelines.clips import INPUT_ROWS
+from pipelines.training_data import training_dataset
 from pipelines.storage import get_bytes, is_s3, join_uri, parse_uri, put_bytes, pyarrow_fs
 from ray_jobs import tracking
 from ray_jobs.cluster import connect, forwarded_env
@@ -46,9 +44,6 @@ RUN_INFO_FILE = "jepa_run.json"
 # In each checkpoint folder, beside jepa.checkpoint's files: where the data stood (`_data_position`),
 # so the driver starts the next attempt's dataset there without loading a multi-GB train_state.pt.
 POSITION_FILE = "position.json"
-# Messages of object-store outages (botocore, pyarrow, S3 status codes) that Ray Data retries.
-STORE_OUTAGE_ERRORS = ("Could not connect to the endpoint URL", "Connection was closed", "Read timeout on endpoint URL",
-                       "InternalError", "ServiceUnavailable", "SlowDown")
 # Ray Train's list of a run's complete checkpoints, in the run folder.
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
@@ -212,53 +207,6 @@ class PretrainResult:
     held_out: list[str]
 
 
-def _split_for_training(uris: list[str], kind: str, cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """(train, held out) by key hash; refuses a source too small for one batch on every worker."""
-    train_uris, held_out = split_held_out(uris, cfg.data.held_out_fraction)
-    need = cfg.train.num_workers * cfg.train.batch_size
-    if len(train_uris) < need:
-        raise SystemExit(f"{cfg.data.source} holds {len(uris)} {kind} ({len(train_uris)} for training): "
-                         f"need at least {need} (num_workers x batch_size) to train")
-    return train_uris, held_out
-
-
-def build_dataset(cfg: RunConfig, start: int = 0):
-    """Clips + masks for training: from an ingested dataset's shards (`data.dataset`), or straight
-    from the raw videos under `data.source` (direct mode), from input row `start` on (a resumed
-    run's position: the rows before it are never decoded). Returns (dataset, held-out video URIs)."""
-    d, m = cfg.data, cfg.model
-    clips_needed = cfg.train.steps * cfg.train.batch_size * cfg.train.num_workers * cfg.train.accumulation_steps
-    common = dict(num_frames=m.num_frames, size=m.img_size, fps=d.fps, seed=cfg.train.seed,
-                  decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks,
-                  mask_grid=token_grid(m), mask_cfgs=cfg.masks)
-    if d.modality == "image":
-        train_uris, held_out = _split_for_training(list_images(d.source), "images", cfg)
-        dataset = image_dataset(train_uris, size=m.img_size, mask_grid=token_grid(m), mask_cfg=cfg.image_masks,
-                                seed=cfg.train.seed, epochs=math.ceil(clips_needed / len(train_uris)) + 1,
-                                crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
-                                decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks, start=start)
-        print(f"[pretrain] {len(train_uris)} training images, {len(held_out)} held out", flush=True)
-    elif d.dataset:
-        info = load_dataset_info(d.dataset) or {}
-        segments = int(info.get("counts", {}).get("segments", 0)) or clips_needed
-        usable = max(1, int(segments * (1 - d.held_out_fraction)))
-        dataset = shard_clip_dataset(d.dataset, epochs=math.ceil(clips_needed / usable) + 1,
-                                     crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
-                                     held_out_fraction=d.held_out_fraction, start=start, **common)
-        held_out: list[str] = []
-        print(f"[pretrain] {segments} segments in {d.dataset}", flush=True)
-    else:
-        train_uris, held_out = _split_for_training(list_videos(d.source), "videos", cfg)
-        dataset = clip_dataset(train_uris, epochs=math.ceil(clips_needed / len(train_uris)) + 1, start=start, **common)
-        print(f"[pretrain] {len(train_uris)} training videos, {len(held_out)} held out", flush=True)
-    dataset.context.enable_progress_bars = False  # the step lines below are the progress
-    # An object store outage longer than the storage clients' retries (pipelines.storage) fails a
-    # decode task: retry the task rather than fail the dataset, for these errors only.
-    dataset.context.retried_map_errors = list(STORE_OUTAGE_ERRORS)
-    dataset.context.max_map_retries = 3
-    return dataset, held_out
-
-
 def checkpoint_root(cfg: RunConfig) -> str:
     """`train.checkpoint_uri`, else s3://BUCKET/checkpoints in the bucket the data comes from,
     else ./checkpoints (data in a local folder: one machine only)."""
@@ -387,7 +335,7 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
     if run_id:
         print(f"[pretrain] resuming {cfg.train.run_name}: MLflow run {run_id}", flush=True)
     position = latest_position(root, cfg.train.run_name) if cfg.train.run_name else None
-    dataset, held_out = build_dataset(cfg, start=_data_start(position)["rows"])
+    dataset, held_out = training_dataset(cfg, start=_data_start(position)["rows"])
     run_id = run_id or tracking.start_run(cfg, run_name)
     name = cfg.train.run_name or f"pretrain-{run_id}"
     put_bytes(join_uri(root, name, RUN_INFO_FILE), json.dumps({"mlflow_run_id": run_id}).encode())
@@ -409,7 +357,7 @@ def pretrain(cfg: RunConfig, run_name: str | None = None) -> PretrainResult:
             cause = "a preemption" if preempted else f"failure {failures}/{'unlimited' if limit < 0 else limit}"
             print(f"[pretrain] attempt {attempt} failed ({cause}): {_describe(err)}", flush=True)
             position = latest_position(root, name)
-            dataset, _ = build_dataset(cfg, start=_data_start(position)["rows"])
+            dataset, _ = training_dataset(cfg, start=_data_start(position)["rows"])
     tracking.log_loss_curve(run_id)  # plots/loss_curve.png: loss, target_std, effective_rank by step
     versions = tracking.MlflowClient().search_model_versions(f"run_id='{run_id}'")
     if not versions:
