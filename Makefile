@@ -5,20 +5,47 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JEPA := $(VENV)/bin/jepa
 STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+# pip-tools for `make lock` lives in a scratch venv of its own, never in .venv
+LOCK_VENV ?= $(or $(TMPDIR),/tmp)/jepa-ray-piptools
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip finds one, the PyPI CUDA build elsewhere (Makefile, target lock)
+# set to https://download.pytorch.org/whl/cpu on a machine whose pip finds no CPU torch wheel
+TORCH_INDEX ?=
 
-.PHONY: help setup demo test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
+.PHONY: help setup lock demo test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv with the pinned dependencies (torch CPU, Ray, MLflow, PyAV, SeaweedFS)
+setup: $(STAMP) ## create .venv from requirements-dev.lock (torch 2.13.0 CPU where pip finds it, Ray, MLflow, PyAV, SeaweedFS, pytest)
 
-$(STAMP): pyproject.toml requirements.lock
+# requirements-dev.lock holds every runtime pin of requirements.lock plus [dev] (pytest, SeaweedFS's
+# `weed`); the project itself goes in editable, with --no-deps so that only locked versions are used.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	touch $@
+
+# torch: the locks pin it without its local version tag ("torch==2.13.0", resolved here against the
+# CPU wheel 2.13.0+cpu). `pip install -r` then takes the +cpu wheel wherever pip can find one (this
+# machine's find-links, or the PyTorch CPU index: docs/install.md) and the PyPI CUDA build elsewhere
+# (the KubeRay image). Resolving against the CPU wheel keeps the CUDA-only nvidia-*/triton packages
+# out of the locks; the CUDA wheel pins those exactly itself. No --generate-hashes: the two builds'
+# hashes differ. The recipe refuses a resolution that picked a non-CPU torch.
+lock: ## regenerate requirements.lock (runtime) and requirements-dev.lock (+ [dev]) from pyproject.toml with pip-compile
+	[ -x $(LOCK_VENV)/bin/pip-compile ] || { $(PYTHON) -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/pip install --quiet pip==$(PIP_VERSION) pip-tools==7.6.2; }
+	$(PIP_COMPILE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -o requirements.lock pyproject.toml
+	grep -q '^torch==[^ ]*+cpu$$' requirements.lock || { echo "make lock: pip resolved a non-CPU torch; rerun with TORCH_INDEX=https://download.pytorch.org/whl/cpu" >&2; exit 1; }
+	sed -i -E -e 's/^(torch==[^+ ]+)\+cpu$$/\1/' -e '1i $(LOCK_NOTE)' requirements.lock
+	$(PIP_COMPILE) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
+	sed -i -E -e 's/^(torch==[^+ ]+)\+cpu$$/\1/' -e '1i $(LOCK_NOTE)' requirements-dev.lock
+	@grep -E '^(torch|ray|mlflow|av|pyarrow|boto3|botocore)==' requirements.lock
 
 demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
 	$(JEPA) demo

@@ -11,7 +11,7 @@ other jobs on the machine change the wall time but hardly the figure. Each clip 
   (``--decord-path`` names a folder holding it), PyAV decoding from the start of the file stands in.
 - direct: ``pipelines.video.decode_clip`` (seek to the keyframe before the clip, decode to its
   last frame, resize during the RGB conversion), i.e. ``clip_dataset`` without ingest.
-- shards: ``pipelines.clips.decode_shard_batch`` on rows streamed from a shard file
+- shards: ``pipelines.shard_clips.decode_shard_batch`` on rows streamed from a shard file
   (``decode_segment`` + random resized crop + flip), i.e. ``shard_clip_dataset``'s work.
 
 Ingest throughput is ``segment_video`` + ``encode_segment`` (what ``jepa ingest`` does per source),
@@ -155,7 +155,8 @@ def worker(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from pipelines import shards
-    from pipelines.clips import augment_clip, decode_shard_batch
+    from pipelines.augment import augment_clip
+    from pipelines.shard_clips import decode_shard_batch
     from pipelines.video import decode_clip, probe
 
     base_rss = _peak_rss_mib()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from jepa.config import RunConfig, from_dict
@@ -81,17 +80,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(
-    model: JEPA, optimizer: torch.optim.Optimizer, cfg: RunConfig, folder: str | Path, state: TrainState
-) -> Path:
-    """The model folder (`config.json`, `model.pt`) plus `train_state.pt`: optimizer, step,
-    data position, this process's RNG states and `state.extra`."""
-    folder = save_model(model, cfg, folder)
+def save_train_state(folder: str | Path, optimizer: torch.optim.Optimizer, state: TrainState) -> Path:
+    """`train_state.pt`: optimizer, step, data position, this process's RNG states and
+    `state.extra`; any model's checkpoint (JEPA or another job's) pairs it with its weights."""
+    path = Path(folder) / TRAIN_STATE_FILE
     torch.save(
         {"step": state.step, "clips_seen": state.clips_seen, "extra": state.extra,
          "optimizer": optimizer.state_dict(), "rng": rng_state()},
-        folder / TRAIN_STATE_FILE,
+        path,
     )
+    return path
+
+
+def load_train_state(folder: str | Path, optimizer: torch.optim.Optimizer, restore_rng: bool = True) -> TrainState:
+    """Load `train_state.pt` into an already built `optimizer` and, unless told not to, restore
+    the RNG states; returns where to continue."""
+    # The RNG states hold Python/NumPy tuples, which weights_only refuses; the file is our own.
+    train = torch.load(Path(folder) / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(train["optimizer"])
+    if restore_rng:
+        set_rng_state(train["rng"])
+    return TrainState(step=train["step"], clips_seen=train["clips_seen"], extra=train["extra"])
+
+
+def save_checkpoint(
+    model: JEPA, optimizer: torch.optim.Optimizer, cfg: RunConfig, folder: str | Path, state: TrainState
+) -> Path:
+    """The model folder (`config.json`, `model.pt`) plus `train_state.pt`."""
+    folder = save_model(model, cfg, folder)
+    save_train_state(folder, optimizer, state)
     return folder
 
 
@@ -104,9 +121,4 @@ def load_checkpoint(
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     for name in NETWORKS:
         getattr(model, name).load_state_dict(weights[name], strict=True)
-    # The RNG states hold Python/NumPy tuples, which weights_only refuses; the file is our own.
-    train = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(train["optimizer"])
-    if restore_rng:
-        set_rng_state(train["rng"])
-    return TrainState(step=train["step"], clips_seen=train["clips_seen"], extra=train["extra"])
+    return load_train_state(folder, optimizer, restore_rng)

@@ -6,12 +6,15 @@ wrong type is an error that names the key, and `key=value` overrides use the sam
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -20,9 +23,30 @@ class ConfigError(ValueError):
     """A config key is unknown or its value has the wrong type."""
 
 
+Arch = Literal["tiny", "small", "base", "large", "huge", "giant"]
+"""Encoder presets (`jepa.vit.ENCODER_PRESETS` holds their widths and depths)."""
+Schedule = Literal["warmup_constant", "cosine"]
+Modality = Literal["video", "image"]
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Every `Literal[...]` field of dataclass `obj` holds one of its choices; for configs built
+    in Python (`from_dict` checks the same while loading, naming the full key)."""
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        if typing.get_origin(tp) is Literal:
+            _check_literal(getattr(obj, name), tp, prefix + name)
+
+
+def _check_literal(value: Any, tp: Any, key: str) -> Any:
+    choices = typing.get_args(tp)
+    if value not in choices or type(value) is not type(choices[0]):
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "tiny"
+    arch: Arch = "tiny"
     """Encoder preset: tiny, small, base, large, huge, giant (widths/depths of the reference)."""
     img_size: int = 64
     """Square crop side in pixels fed to the encoder."""
@@ -47,6 +71,9 @@ class ModelConfig:
     init_predictor: bool = True
     """With `init_from`: load the file's predictor too; false for encoder-only files, whose
     predictor then starts freshly initialised."""
+
+    def __post_init__(self) -> None:
+        check_choices(self, "model.")
 
 
 @dataclass
@@ -76,9 +103,6 @@ class ImageMaskConfig:
     """Range of the context block's area as a fraction of the grid (aspect ratio 1)."""
 
 
-MODALITIES = ("video", "image")
-
-
 def _default_masks() -> list[MaskConfig]:
     return [MaskConfig(8, 0.15), MaskConfig(2, 0.7)]
 
@@ -93,14 +117,18 @@ class OptimConfig:
     """Learning rate at the last step (cosine schedule only)."""
     warmup_steps: int = 12000
     """Linear warmup length in optimizer steps."""
-    schedule: str = "warmup_constant"
-    """warmup_constant (V-JEPA 2) or cosine."""
+    schedule: Schedule = "warmup_constant"
+    """warmup_constant (V-JEPA 2: linear warmup, then constant) or cosine (warmup, then cosine
+    decay to `final_lr`)."""
     weight_decay: float = 0.04
     """AdamW decay; never applied to biases and 1-D parameters."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     ema_momentum: float = 0.99925
     """Target-encoder EMA momentum (constant)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self, "optim.")
 
 
 @dataclass
@@ -123,13 +151,12 @@ class DataConfig:
     """Random resized crop (shard mode): range of the crop's width/height ratio."""
     flip: float = 0.5
     """Probability of a horizontal flip per clip (shard mode)."""
-    modality: str = "video"
+    modality: Modality = "video"
     """video (V-JEPA: .mp4 clips, `masks`) or image (I-JEPA: .jpg/.jpeg/.png under `source` trained as
     1-frame clips with `image_masks`; needs model.num_frames = 1)."""
 
     def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise ConfigError(f"data.modality: {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        check_choices(self, "data.")
 
 
 @dataclass
@@ -154,19 +181,24 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Optimizer steps between checkpoints to object storage; 0 = only the final one."""
     keep_checkpoints: int = 3
-    """Checkpoints kept in storage (the oldest are deleted); the latest is always kept."""
+    """Checkpoints kept in storage (the oldest are deleted); at least 1, the latest."""
     checkpoint_uri: str = ""
     """Where runs keep their checkpoints (s3://B/P or a local folder); empty = s3://B/checkpoints
     in the bucket of `data.dataset` (or `data.source`)."""
     run_name: str = ""
-    """Name of the training run, the folder under `checkpoint_uri`; relaunching with the same name
-    resumes from its latest checkpoint (and MLflow run). Empty = a new `pretrain-<MLflow run id>`."""
+    """The training run's name, and so its identity: its folder under `checkpoint_uri` and the
+    display name of the MLflow run it creates. Relaunching with the same name resumes from the
+    run's latest checkpoint and logs to the same MLflow run (`--run-name` on the CLI sets it).
+    Empty = a new run each time, named `<job>-<MLflow run id>`."""
     max_failures: int = 3
     """Worker-group failures `jepa pretrain` recovers from (a restart from the latest checkpoint, its
     dataset starting at that checkpoint's data position; node preemptions do not count); -1 = no limit."""
 
     def __post_init__(self) -> None:
         self.accumulation_steps  # validates global_batch_size
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints: must be at least 1 (the latest checkpoint), "
+                              f"got {self.keep_checkpoints}")
 
     @property
     def accumulation_steps(self) -> int:
@@ -239,6 +271,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is Literal:
+        return _check_literal(value, tp, key)
     if tp is type(None):
         if value is None:
             return None
@@ -269,6 +303,19 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (the string literal after it in the
+    source), so the configuration reference is generated from the code it documents."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -181,8 +181,6 @@ class VisionTransformer(nn.Module):
 
 
 def build_encoder(cfg: ModelConfig) -> VisionTransformer:
-    if cfg.arch not in ENCODER_PRESETS:
-        raise ValueError(f"unknown arch {cfg.arch!r}; choose from {', '.join(ENCODER_PRESETS)}")
     return VisionTransformer(
         **ENCODER_PRESETS[cfg.arch]._asdict(),
         patch_size=cfg.patch_size,

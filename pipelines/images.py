@@ -1,10 +1,9 @@
 """Image mode (I-JEPA): JPEG/PNG objects -> 1-frame clips with multiblock-2D masks, in Ray Data.
 
-Rows look like the video paths' rows (``pipelines.clips``): {"clip": uint8 (1, H, W, 3), "key":
-int64, "input_rows": int64, "target_masks": bool (1, N), "context_masks": bool (1, N)}, so the
-trainer handles both;
-images also carry context flags because I-JEPA's context is a block minus the targets, not the
-targets' complement. Augmentation: random resized crop (``pipelines.clips.augment_clip``) and flip.
+Rows look like the video paths' rows (``pipelines.direct_clips``): {"clip": uint8 (1, H, W, 3),
+"key": int64, "input_rows": int64, "target_masks": bool (1, N), "context_masks": bool (1, N)}, so
+the trainer handles both; images also carry context flags (``pipelines.masking``).
+Augmentation: random resized crop (``pipelines.augment.augment_clip``) and flip.
 """
 
 from __future__ import annotations
@@ -14,12 +13,14 @@ import io
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from jepa.config import ImageMaskConfig
-from jepa.masks import ImageMaskGenerator
+from jepa.config import DataConfig, ImageMaskConfig
 from pipelines import storage
-from pipelines.clips import CROP_ASPECT, CROP_SCALE, _stable_hash, augment_clip, decode_uri_batch, epoch_items, row_key
+from pipelines.augment import augment_clip
+from pipelines.direct_clips import decode_uri_batch
+from pipelines.keys import row_key
+from pipelines.masking import add_image_masks_batch
+from pipelines.resume import epoch_items
 
 if TYPE_CHECKING:
     import ray.data
@@ -50,9 +51,9 @@ def image_to_clip(
     data: bytes,
     size: int,
     rng: np.random.Generator,
-    scale: tuple[float, float] = CROP_SCALE,
-    aspect: tuple[float, float] = CROP_ASPECT,
-    flip: float = 0.5,
+    scale: tuple[float, float] = DataConfig.crop_scale,
+    aspect: tuple[float, float] = DataConfig.crop_aspect,
+    flip: float = DataConfig.flip,
 ) -> np.ndarray:
     """Image bytes -> uint8 (1, size, size, 3): random resized crop, then a flip with probability ``flip``."""
     return augment_clip(decode_image(data)[None], size, rng, scale, aspect, flip)
@@ -60,35 +61,18 @@ def image_to_clip(
 
 def decode_images_batch(
     batch: dict[str, np.ndarray], *, size: int, seed: int,
-    crop_scale: tuple[float, float] = CROP_SCALE, crop_aspect: tuple[float, float] = CROP_ASPECT,
-    flip: float = 0.5,
+    crop_scale: tuple[float, float] = DataConfig.crop_scale,
+    crop_aspect: tuple[float, float] = DataConfig.crop_aspect,
+    flip: float = DataConfig.flip,
 ) -> dict[str, np.ndarray]:
-    """Image mode's decode stage (``pipelines.clips.decode_uri_batch``): each image as a 1-frame
-    clip, augmented from an RNG seeded by (seed, row key); undecodable or missing images are dropped."""
+    """Image mode's decode stage (``pipelines.direct_clips.decode_uri_batch``): each image as a
+    1-frame clip, augmented from an RNG seeded by (seed, row key); undecodable or missing images
+    are dropped."""
     def decode_one(uri: str, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([seed, row_key(uri, 0, epoch)])
         return image_to_clip(storage.get_bytes(uri), size, rng, crop_scale, crop_aspect, flip)
 
     return decode_uri_batch(batch, decode_one, (ImageDecodeError,), num_frames=1, size=size)
-
-
-def add_image_masks_batch(
-    batch: dict[str, np.ndarray], *, grid: tuple[int, int, int], cfg: ImageMaskConfig | dict, seed: int
-) -> dict[str, np.ndarray]:
-    """Adds "target_masks" and "context_masks": bool (B, 1, N) per image (one mask config, the
-    union of the target blocks), uncut, each image from a generator seeded by (seed, key) as in
-    ``pipelines.clips.add_masks_batch``; the trainer cuts them with ``masks_from_flags``."""
-    cfg = cfg if isinstance(cfg, ImageMaskConfig) else ImageMaskConfig(**cfg)
-    gen = ImageMaskGenerator(tuple(grid), cfg)
-    keys = batch["key"]
-    n = int(np.prod(grid))
-    target = np.zeros((len(keys), 1, n), dtype=bool)
-    context = np.zeros((len(keys), 1, n), dtype=bool)
-    for i, key in enumerate(keys):
-        g = torch.Generator().manual_seed(_stable_hash(f"masks:{seed}:{int(key)}") >> 1)
-        t, c = gen.flags(1, g)
-        target[i, 0], context[i, 0] = t[0].numpy(), c[0].numpy()
-    return {**batch, "target_masks": target, "context_masks": context}
 
 
 def image_dataset(
@@ -99,17 +83,17 @@ def image_dataset(
     mask_cfg: ImageMaskConfig,
     seed: int = 0,
     epochs: int = 1,
-    crop_scale: tuple[float, float] = CROP_SCALE,
-    crop_aspect: tuple[float, float] = CROP_ASPECT,
-    flip: float = 0.5,
+    crop_scale: tuple[float, float] = DataConfig.crop_scale,
+    crop_aspect: tuple[float, float] = DataConfig.crop_aspect,
+    flip: float = DataConfig.flip,
     decode_cpus: float = 0.5,
     decode_tasks: int | None = None,
     batch_size: int = 4,
     start: int = 0,
 ) -> ray.data.Dataset:
-    """Image mode, like ``pipelines.clips.clip_dataset``: ``epochs`` passes over ``uris`` (each in
-    its own seeded order) -> decode + augment -> I-JEPA masks, all in ``map_batches`` on CPU.
-    ``start`` drops that many leading (uri, epoch) rows before any image is downloaded."""
+    """Image mode, like ``pipelines.direct_clips.clip_dataset``: ``epochs`` passes over ``uris``
+    (each in its own seeded order) -> decode + augment -> I-JEPA masks, all in ``map_batches`` on
+    CPU. ``start`` drops that many leading (uri, epoch) rows before any image is downloaded."""
     import ray.data
 
     items = epoch_items(uris, seed=seed, epochs=epochs, start=start)

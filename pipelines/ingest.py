@@ -66,6 +66,8 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpe
 """Objects listed for ingest; anything else under the prefix (sidecars, thumbnails) is ignored."""
 LISTING_CHUNK_ROWS = 10_000
 """Objects per staging chunk: the most the driver holds while listing."""
+BATCH_OBJECTS = 16
+"""Objects per Ray task (and so per shard file) unless the caller says otherwise."""
 SHARD_TARGET_BYTES = 256 * 2**20
 """A task starts a new shard file (between two objects) once this many segment bytes are pending."""
 
@@ -365,7 +367,7 @@ def ingest(
     spec: ClipSpec = ClipSpec(),
     *,
     progress: bool = True,
-    batch_objects: int = 16,
+    batch_objects: int = BATCH_OBJECTS,
     suffixes: Iterable[str] = VIDEO_SUFFIXES,
 ) -> IngestReport:
     """Ingest every video under ``source`` (``s3://B/prefix`` or a local folder) into the dataset
@@ -489,6 +491,6 @@ def _write_dataset_json(dataset_uri: str, spec: ClipSpec, report: IngestReport, 
 
 def _replace(src: str, dst: str) -> None:
     """Move a finished file into place (rename locally; copy + delete on S3)."""
-    fs, src_path = mf.filesystem(src)
-    _, dst_path = mf.filesystem(dst)
+    fs, src_path = storage.arrow_location(src)
+    _, dst_path = storage.arrow_location(dst)
     fs.move(src_path, dst_path)

@@ -96,22 +96,14 @@ def manifest_row(obj: ObjectInfo, probe: ProbeResult, *, segments: int = 0, shar
 # --- files: S3 or local, streamed ---------------------------------------------------------------
 
 
-def filesystem(uri: str, settings: storage.S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path in it) for an ``s3://`` URI or a local path."""
-    if storage.is_s3(uri):
-        bucket, key = storage.parse_uri(uri)
-        return storage.pyarrow_fs(settings), f"{bucket}/{key}".rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
 def exists(uri: str, settings: storage.S3Settings | None = None) -> bool:
-    fs, path = filesystem(uri, settings)
+    fs, path = storage.arrow_location(uri, settings)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def delete(uri: str, settings: storage.S3Settings | None = None) -> None:
     """Delete a file, or a folder (prefix) with everything under it; missing is fine."""
-    fs, path = filesystem(uri, settings)
+    fs, path = storage.arrow_location(uri, settings)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         fs.delete_file(path)
@@ -120,14 +112,14 @@ def delete(uri: str, settings: storage.S3Settings | None = None) -> None:
 
 
 def read_metadata(uri: str, settings: storage.S3Settings | None = None) -> dict[bytes, bytes]:
-    fs, path = filesystem(uri, settings)
+    fs, path = storage.arrow_location(uri, settings)
     with fs.open_input_file(path) as f:
         return pq.ParquetFile(f).schema_arrow.metadata or {}
 
 
 def read_table(uri: str, settings: storage.S3Settings | None = None) -> pa.Table:
     """A whole (small) parquet file: a listing chunk, a shard being rewritten."""
-    fs, path = filesystem(uri, settings)
+    fs, path = storage.arrow_location(uri, settings)
     with fs.open_input_file(path) as f:
         return pq.read_table(f)
 
@@ -135,7 +127,7 @@ def read_table(uri: str, settings: storage.S3Settings | None = None) -> pa.Table
 def read_rows(uri: str, columns: list[str] | None = None, settings: storage.S3Settings | None = None,
               batch_rows: int = ROWS_PER_WRITE) -> Iterator[dict]:
     """Rows of a parquet file as dicts, a batch at a time (never the whole file); none if missing."""
-    fs, path = filesystem(uri, settings)
+    fs, path = storage.arrow_location(uri, settings)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return
     with fs.open_input_file(path) as f:
@@ -151,7 +143,7 @@ class RowWriter:
                  settings: storage.S3Settings | None = None):
         self.uri, self.rows_written = uri, 0
         self.schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
-        self._fs, self._path = filesystem(uri, settings)
+        self._fs, self._path = storage.arrow_location(uri, settings)
         self._final = self._path
         if not storage.is_s3(uri):
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)

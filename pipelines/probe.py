@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import av
 
+from pipelines.av_streams import stream_fps, timed_frames
+
 if TYPE_CHECKING:
     import av.container
 
@@ -277,8 +279,7 @@ class VideoScan:
         r.codec = _codec_name(stream)
         r.width, r.height = cc.width, cc.height
         r.pix_fmt = cc.pix_fmt or ""
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        r.fps = float(rate) if rate else 0.0
+        r.fps = stream_fps(stream)
         if r.container.endswith("_pipe") or r.container == "image2" or r.codec in IMAGE_CODECS:
             self.header_verdict = r.quarantine("still_image", f"{r.container} container, {r.codec} codec")
             self.close()
@@ -307,13 +308,9 @@ class VideoScan:
         """``frames()`` as (seconds from the stream's start, frame): the input of
         ``pipelines.shards.segment_frames``, so one decode both audits and transcodes. A frame
         without a timestamp is placed at the nominal rate."""
-        stream = self._stream
-        if stream is None:
+        if self._stream is None:
             return
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        rate = self.result_.fps or (self.spec.fps if self.spec is not None else 1.0)
-        for i, frame in enumerate(self.frames()):
-            yield (float(frame.time) - start if frame.pts is not None else i / rate), frame
+        yield from timed_frames(self.frames(), self._stream, self.spec.fps if self.spec is not None else 1.0)
 
     @property
     def sample_aspect(self):

@@ -53,7 +53,8 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from pipelines import storage
-from pipelines.video import VideoDecodeError, _fps, _open, _video_stream, encode_mp4
+from pipelines.av_streams import open_container, timed_frames, video_stream
+from pipelines.video import VideoDecodeError, encode_mp4
 
 SHARD_FORMAT_VERSION = 1
 SHARDS_DIR = "shards"
@@ -178,7 +179,7 @@ def _open_source(data) -> av.container.InputContainer:
             return av.open(data, mode="r")
         except (av.error.FFmpegError, UnicodeDecodeError) as err:
             raise VideoDecodeError(f"not a readable media container: {err}") from err
-    return _open(data)
+    return open_container(data)
 
 
 def segment_video(data, spec: ClipSpec = ClipSpec(), *, pad_short: bool = False) -> Iterator[Segment]:
@@ -191,21 +192,18 @@ def segment_video(data, spec: ClipSpec = ClipSpec(), *, pad_short: bool = False)
     """
     container = _open_source(data)
     with container:
-        stream = _video_stream(container)
-        time_base = stream.time_base or Fraction(1, 1)
-        stream_start = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
-        src_fps = _fps(stream) or spec.fps
+        stream = video_stream(container)
         decoded = 0
 
-        def timed() -> Iterator[tuple[float, av.VideoFrame]]:
+        def counted() -> Iterator[av.VideoFrame]:
             nonlocal decoded
             for frame in container.decode(stream):
                 decoded += 1
-                yield (float(frame.time) - stream_start if frame.pts is not None else (decoded - 1) / src_fps), frame
+                yield frame
 
         try:
-            yield from segment_frames(timed(), spec, sample_aspect=stream.codec_context.sample_aspect_ratio,
-                                      pad_short=pad_short)
+            yield from segment_frames(timed_frames(counted(), stream, spec.fps), spec,
+                                      sample_aspect=stream.codec_context.sample_aspect_ratio, pad_short=pad_short)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"decoding failed after {decoded} frames: {err}") from err
 
@@ -289,9 +287,9 @@ def encode_segment(frames: np.ndarray, spec: ClipSpec = ClipSpec()) -> bytes:
 
 def decode_segment(mp4: bytes) -> np.ndarray:
     """MP4 bytes of one segment -> uint8 (T, H, W, 3), every frame, in order."""
-    container = _open(mp4)
+    container = open_container(mp4)
     with container:
-        stream = _video_stream(container)
+        stream = video_stream(container)
         height, width = stream.codec_context.height, stream.codec_context.width
         out = np.empty((stream.frames or 0, height, width, 3), dtype=np.uint8)
         extra: list[np.ndarray] = []
@@ -381,13 +379,9 @@ def read_shard_spec(schema: pa.Schema) -> ClipSpec | None:
 def iter_shard_batches(uri: str, columns: list[str] | None = None, batch_rows: int = SHARD_ROW_GROUP_ROWS,
                        settings: storage.S3Settings | None = None) -> Iterator[pa.RecordBatch]:
     """Stream one shard file in record batches (a row group at a time, never the whole file)."""
-    if storage.is_s3(uri):
-        bucket, key = storage.parse_uri(uri)
-        source = storage.pyarrow_fs(settings).open_input_file(f"{bucket}/{key}")
-    else:
-        source = uri
+    filesystem, path = storage.arrow_location(uri, settings)
     # pre_buffer (pyarrow's default) reads every row group of the file ahead: unbounded for big shards.
-    with pq.ParquetFile(source, pre_buffer=False) as reader:
+    with pq.ParquetFile(path, filesystem=filesystem, pre_buffer=False) as reader:
         yield from reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
 
 

@@ -2,11 +2,15 @@
 
 Every function takes either an ``s3://bucket/key`` URI or a plain local path, so the same code
 writes to a bucket in production and to ``./videos`` on a laptop. Settings come from the
-environment (``JEPA_S3_ENDPOINT``, ``AWS_*``) unless passed explicitly.
+environment unless passed explicitly: the endpoint from ``JEPA_S3_ENDPOINT`` or the AWS SDKs' own
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; keys from ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``), else the SDKs' default chain
+(``AWS_PROFILE``, web identity as IRSA on EKS, instance roles).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,8 +23,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 S3_SCHEME = "s3://"
+ENDPOINT_VARIABLES = ("JEPA_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""Where the S3 endpoint URL is read from; the first one set wins. None set means AWS."""
 # SeaweedFS accepts any key pair unless configured otherwise; botocore still wants one to sign.
 PLACEHOLDER_KEY = "jepa-local"
+# SeaweedFS 4.48 rejects the checksum trailers the AWS SDKs add to uploads by default (pyarrow's
+# multipart UploadPart failed with "InvalidAccessKeyId"): checksums only when required. pyarrow's
+# SDK reads the variable whenever a filesystem is created, so `RetryingS3FileSystem` sets it in
+# every process that builds or unpickles one; `jepa stack env` hands it to other tools.
+CHECKSUM_SETTING = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}
 
 # Retries: a restart of the object store must cost the job a pause, not the job. A SIGKILLed and
 # restarted SeaweedFS refuses connections for ~4-7 s here (a graceful stop answers 500 for ~15 s
@@ -43,23 +54,36 @@ class S3Settings:
     endpoint: str | None = None
     """S3 endpoint URL, e.g. ``http://127.0.0.1:8333``; ``None`` means AWS."""
     access_key: str | None = None
-    """``None`` lets boto3/pyarrow use their default credential chain (AWS only)."""
+    """``None`` lets boto3/pyarrow use their default credential chain (profile, IRSA, instance role)."""
     secret_key: str | None = None
     region: str = "us-east-1"
+    session_token: str | None = None
+    """For temporary keys (``AWS_SESSION_TOKEN``)."""
 
     @classmethod
     def from_env(cls) -> S3Settings:
-        endpoint = os.environ.get("JEPA_S3_ENDPOINT") or None
+        endpoint = next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
         access_key = os.environ.get("AWS_ACCESS_KEY_ID") or None
         secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
-        if endpoint and not (access_key and secret_key):
-            access_key = secret_key = PLACEHOLDER_KEY
+        session_token = os.environ.get("AWS_SESSION_TOKEN") or None
+        if not (access_key and secret_key):
+            access_key = secret_key = session_token = None  # the default chain signs
+            if endpoint and not _default_chain_has_credentials(os.environ.get("AWS_PROFILE")):
+                access_key = secret_key = PLACEHOLDER_KEY  # e.g. SeaweedFS with no keys configured
         return cls(
             endpoint=endpoint,
             access_key=access_key,
             secret_key=secret_key,
-            region=os.environ.get("AWS_REGION") or "us-east-1",
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            session_token=session_token,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _default_chain_has_credentials(profile: str | None) -> bool:
+    """Whether boto3's default chain finds credentials (looked up once per process and profile:
+    on a machine without an instance role the metadata lookup costs about a second)."""
+    return boto3.session.Session(profile_name=profile).get_credentials() is not None
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,10 @@ class ObjectInfo:
     """S3 ETag without quotes; for local files ``"<mtime_ns>-<size>"`` (cheap change detector)."""
 
 
+class URIError(ValueError):
+    """A malformed ``s3://`` URI; the message shows it."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
@@ -77,10 +105,10 @@ def is_s3(uri: str) -> bool:
 def parse_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty (bucket root)."""
     if not is_s3(uri):
-        raise ValueError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+        raise URIError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
-        raise ValueError(f"S3 URI has no bucket name: {uri!r}")
+        raise URIError(f"S3 URI has no bucket name: {uri!r}")
     return bucket, key
 
 
@@ -106,6 +134,7 @@ def s3_client(settings: S3Settings | None = None):
             endpoint_url=settings.endpoint,
             aws_access_key_id=settings.access_key,
             aws_secret_access_key=settings.secret_key,
+            aws_session_token=settings.session_token,
             region_name=settings.region,
             config=Config(
                 retries={"max_attempts": BOTO_MAX_ATTEMPTS, "mode": "standard"},
@@ -128,6 +157,9 @@ class RetryingS3FileSystem(pafs.S3FileSystem):
     """
 
     def __init__(self, *, retry_strategy: pafs.S3RetryStrategy, **kwargs):
+        if kwargs.get("endpoint_override"):  # an S3 clone, not AWS: see CHECKSUM_SETTING
+            for name, value in CHECKSUM_SETTING.items():
+                os.environ.setdefault(name, value)
         super().__init__(retry_strategy=retry_strategy, **kwargs)
         self.retry_strategy = retry_strategy
 
@@ -150,30 +182,38 @@ def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
     settings = settings or S3Settings.from_env()
     kwargs: dict = {"region": settings.region, "retry_strategy": pafs.AwsDefaultS3RetryStrategy(PYARROW_RETRIES)}
     if settings.access_key and settings.secret_key:
-        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
+        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key,
+                      session_token=settings.session_token)
     if settings.endpoint:
         parsed = urlparse(settings.endpoint if "://" in settings.endpoint else f"http://{settings.endpoint}")
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
-        # The AWS C++ SDK in pyarrow signs multipart parts with checksum trailers by default;
-        # SeaweedFS 4.48 rejects those UploadPart calls ("InvalidAccessKeyId"), so every pyarrow
-        # write failed. Checksums only when required: read when each filesystem is created.
-        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     return RetryingS3FileSystem(**kwargs)
 
 
-def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:
-    """Create the bucket unless it exists (writes to a missing bucket fail on SeaweedFS).
+def arrow_location(uri: str, settings: S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path in it) for an ``s3://`` URI (``bucket/key``, no trailing slash)
+    or a local path (made absolute): what pyarrow's and Ray Data's readers and writers take."""
+    if is_s3(uri):
+        bucket, key = parse_uri(uri)
+        return pyarrow_fs(settings), f"{bucket}/{key}".rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> bool:
+    """Create the bucket unless it exists (writes to a missing bucket fail on SeaweedFS); True if
+    this call created it, so a caller can say so.
 
     Accepts a bare name or an ``s3://bucket/...`` URI; a local path just gets its folder made.
     """
     if "/" in bucket and not is_s3(bucket):
+        existed = Path(bucket).is_dir()
         Path(bucket).mkdir(parents=True, exist_ok=True)
-        return
+        return not existed
     name = parse_uri(bucket)[0] if is_s3(bucket) else bucket
     client = s3_client(settings)
     try:
         client.head_bucket(Bucket=name)
-        return
+        return False
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
             raise
@@ -182,6 +222,8 @@ def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> None:
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
+        return False
+    return True
 
 
 def put_bytes(uri: str, data: bytes, settings: S3Settings | None = None) -> None:
@@ -194,7 +236,7 @@ def put_bytes(uri: str, data: bytes, settings: S3Settings | None = None) -> None
         return
     bucket, key = parse_uri(uri)
     if not key:
-        raise ValueError(f"S3 URI has no object key: {uri!r}")
+        raise URIError(f"S3 URI has no object key: {uri!r}")
     s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data)
 
 

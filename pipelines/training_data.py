@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 from jepa.config import RunConfig
 from jepa.model import token_grid
-from pipelines.clips import clip_dataset, list_videos, shard_clip_dataset, split_held_out
+from pipelines.direct_clips import clip_dataset, list_videos
 from pipelines.images import image_dataset, list_images
+from pipelines.keys import split_held_out
+from pipelines.shard_clips import shard_clip_dataset
 from pipelines.shards import load_dataset_info
 
 if TYPE_CHECKING:

@@ -14,13 +14,9 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-
-class VideoDecodeError(ValueError):
-    """The input is not a decodable video (empty, truncated, no video stream, corrupt)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+from pipelines.av_streams import (
+    VideoDecodeError, open_container, stream_fps, stream_start_s, timed_frames, video_stream,
+)  # fmt: skip
 
 
 def encode_mp4(
@@ -65,34 +61,6 @@ def encode_mp4(
     return buf.getvalue()
 
 
-def _open(data: bytes | bytearray | memoryview | str | os.PathLike) -> av.container.InputContainer:
-    if isinstance(data, (str, os.PathLike)):
-        source = os.fspath(data)
-    else:
-        if len(data) == 0:
-            raise VideoDecodeError("empty input (0 bytes)")
-        source = io.BytesIO(data)
-    try:
-        return av.open(source, mode="r")
-    except FileNotFoundError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError) as err:
-        raise VideoDecodeError(f"not a readable media container: {err}") from err
-
-
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        raise VideoDecodeError("no video stream in container")
-    stream = container.streams.video[0]
-    stream.thread_count = 1  # parallelism comes from running many decodes at once
-    return stream
-
-
-def _fps(stream) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else 0.0
-
-
 def _duration_s(container, stream) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -103,10 +71,10 @@ def _duration_s(container, stream) -> float:
 
 def probe(data: bytes | str | os.PathLike) -> dict:
     """Container metadata without decoding: width, height, fps, n_frames, duration_s, codec."""
-    container = _open(data)
+    container = open_container(data)
     with container:
-        stream = _video_stream(container)
-        fps, duration = _fps(stream), _duration_s(container, stream)
+        stream = video_stream(container)
+        fps, duration = stream_fps(stream), _duration_s(container, stream)
         n_frames = stream.frames or round(duration * fps)
         return {
             "width": stream.codec_context.width,
@@ -153,12 +121,10 @@ def decode_clip(
     """
     if num_frames < 1 or fps <= 0 or size < 1:
         raise ValueError(f"need num_frames >= 1, fps > 0, size >= 1; got {num_frames}, {fps}, {size}")
-    container = _open(data)
+    container = open_container(data)
     with container:
-        stream = _video_stream(container)
-        time_base = stream.time_base or Fraction(1, 1)
-        stream_start = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
-        src_fps = _fps(stream)
+        stream = video_stream(container)
+        src_fps = stream_fps(stream)
         if start_s is None:
             last_frame_s = _duration_s(container, stream) - (1 / src_fps if src_fps else 0.0)
             latest = max(0.0, last_frame_s - (num_frames - 1) / fps)
@@ -181,10 +147,9 @@ def decode_clip(
         try:
             if start_s > 0:
                 # Lands on the keyframe at or before start; frames before it are decoded, not converted.
-                offset = int((start_s + stream_start) / time_base)
+                offset = int((start_s + stream_start_s(stream)) / (stream.time_base or Fraction(1, 1)))
                 container.seek(offset, stream=stream, backward=True, any_frame=False)
-            for index, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) - stream_start if frame.pts is not None else index / (src_fps or fps)
+            for t, frame in timed_frames(container.decode(stream), stream, fps):
                 while k < num_frames and t >= targets[k]:
                     use_prev = prev is not None and targets[k] - prev[0] < t - targets[k]
                     take(prev[1] if use_prev else frame)

@@ -1,12 +1,41 @@
 """The `jepa` console script: one entry point, a subcommand per workflow.
 
-Heavy imports (torch, ray, mlflow) happen inside each command so `jepa --help` stays instant.
+Heavy imports (torch, ray, mlflow) happen inside each command; only the dataclasses that give the
+flags their defaults load with the parser. A user error (bad config, input, URI or model name, no
+cluster) prints one line and exits with code 2; a bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+
+class UsageError(Exception):
+    """A command-line value the user has to change; the message says which."""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from infra.processes import ServiceError
+    from jepa.config import ConfigError
+    from pipelines.ingest import IngestError
+    from pipelines.storage import URIError
+    from pipelines.training_data import DatasetTooSmall
+    from ray_jobs.cluster import ClusterError
+    from ray_jobs.tracking import RegistryError
+
+    return (UsageError, ConfigError, FileNotFoundError, URIError, IngestError, DatasetTooSmall, ClusterError,
+            RegistryError, ServiceError)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jepa-ray")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH (e.g. `ray job submit --working-dir .`)
+        return "unknown (not installed)"
 
 
 def _synth_physics(args: argparse.Namespace) -> None:
@@ -18,26 +47,21 @@ def _synth_physics(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from pipelines.ingest import IngestError, check_access, ingest
+    from pipelines.ingest import check_access, ingest
     from pipelines.shards import ClipSpec
     from ray_jobs.cluster import connect
 
     try:
         spec = ClipSpec(fps=args.fps, short_side=args.short_side, frames=args.frames)
-        if args.batch_objects < 1:
-            raise ValueError(f"--batch-objects must be >= 1, got {args.batch_objects}")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(err)) from None
+    if args.batch_objects < 1:
+        raise UsageError(f"--batch-objects must be >= 1, got {args.batch_objects}")
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.suffixes.split(",") if s.strip())
-    try:
-        check_access(args.source, args.dataset)  # before Ray starts: fail in a second, not ten
-        connect()
-        report = ingest(args.source, args.dataset, spec, progress=not args.no_progress,
-                        batch_objects=args.batch_objects, suffixes=suffixes)
-    except IngestError as err:  # the job cannot run at all; bad objects never get here
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    check_access(args.source, args.dataset)  # before Ray starts: fail in a second, not ten
+    connect()
+    report = ingest(args.source, args.dataset, spec, progress=not args.no_progress,
+                    batch_objects=args.batch_objects, suffixes=suffixes)
     print(report.summary())
 
 
@@ -46,9 +70,16 @@ def _pretrain(args: argparse.Namespace) -> None:
     from ray_jobs.pretrain import pretrain
     from ray_jobs.tracking import run_url
 
-    cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, run_name=args.run_name)
+    overrides = [*args.overrides, *([f"train.run_name={args.run_name}"] if args.run_name else [])]
+    cfg = load_config(args.config, overrides)
+    result = pretrain(cfg)
     print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from ray_jobs.config_reference import reference_markdown, resolved_yaml
+
+    print(reference_markdown() if args.reference else resolved_yaml(args.config, args.overrides), end="")
 
 
 def _serve_deploy(args: argparse.Namespace) -> None:
@@ -61,26 +92,31 @@ def _serve_deploy(args: argparse.Namespace) -> None:
 def _serve_status(args: argparse.Namespace) -> None:
     from ray import serve
 
-    from ray_jobs.cluster import connect
+    from ray_jobs.cluster import connect, require_cluster
 
+    require_cluster("read the Serve status")
     connect()
-    applications = serve.status().applications
+    applications = {
+        name: {"status": str(app.status),
+               "deployments": {dep_name: {"status": str(dep.status), "replicas": dict(dep.replica_states),
+                                          "message": dep.message} for dep_name, dep in app.deployments.items()}}
+        for name, app in serve.status().applications.items()
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(applications, indent=2))
+        return
     if not applications:
         print("no Serve application is running")
     for name, app in applications.items():
-        print(f"{name}: {app.status}")
-        for dep_name, dep in app.deployments.items():
-            print(f"  {dep_name}: {dep.status} replicas={dict(dep.replica_states)} {dep.message}".rstrip())
+        print(f"{name}: {app['status']}")
+        for dep_name, dep in app["deployments"].items():
+            print(f"  {dep_name}: {dep['status']} replicas={dep['replicas']} {dep['message']}".rstrip())
 
 
 def _models_promote(args: argparse.Namespace) -> None:
-    from ray_jobs.tracking import RegistryError, promote
+    from ray_jobs.tracking import promote
 
-    try:
-        previous = promote(args.name, args.version, alias=args.alias)
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    previous = promote(args.name, args.version, alias=args.alias)
     was = f"previous @{args.alias}: v{previous}" if previous is not None else f"no previous @{args.alias}"
     print(f"models:/{args.name}@{args.alias} -> v{args.version} ({was})")
 
@@ -88,13 +124,12 @@ def _models_promote(args: argparse.Namespace) -> None:
 def _models_list(args: argparse.Namespace) -> None:
     from datetime import datetime, timezone
 
-    from ray_jobs.tracking import RegistryError, list_versions
+    from ray_jobs.tracking import list_versions
 
-    try:
-        versions = list_versions(args.name)
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    versions = list_versions(args.name)
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return
     print(f"{'version':>7}  {'aliases':<22} {'run_id':<32}  created (UTC)     status")
     for v in versions:
         created = datetime.fromtimestamp(v["created_ms"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
@@ -109,9 +144,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ray_jobs.stack import add_stack_parser
+    from infra.stack import add_stack_parser
+    from pipelines.ingest import BATCH_OBJECTS, VIDEO_SUFFIXES
+    from pipelines.shards import ClipSpec
+    from pipelines.synth_physics import PhysicsConfig
 
     parser = argparse.ArgumentParser(prog="jepa", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_stack_parser(sub)
@@ -120,41 +159,59 @@ def build_parser() -> argparse.ArgumentParser:
     synth_sub = synth.add_subparsers(dest="world", required=True, metavar="WORLD")
     physics = synth_sub.add_parser("physics", help="balls under gravity with collisions and occluders",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    world = PhysicsConfig()
     physics.add_argument("--videos", type=int, required=True, help="number of videos")
     physics.add_argument("--out", required=True, help="s3://BUCKET/PREFIX or a local folder")
     physics.add_argument("--seed", type=int, default=0, help="the same seed gives the same videos")
-    physics.add_argument("--size", type=int, default=128, help="frame side in pixels")
-    physics.add_argument("--fps", type=int, default=16, help="frames per second")
-    physics.add_argument("--seconds", type=float, default=4.0, help="duration of each video")
+    physics.add_argument("--size", type=int, default=world.size, help="frame side in pixels")
+    physics.add_argument("--fps", type=int, default=world.fps, help="frames per second")
+    physics.add_argument("--seconds", type=float, default=world.seconds, help="duration of each video")
     physics.set_defaults(func=_synth_physics)
 
     ing = sub.add_parser("ingest", help="probe, quarantine and transcode a bucket of video into a training dataset",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    spec = ClipSpec()
     ing.add_argument("source", metavar="SOURCE", help="s3://BUCKET/PREFIX or a local folder of videos")
     ing.add_argument("--dataset", required=True, help="s3://BUCKET/datasets/NAME or a local folder")
-    ing.add_argument("--fps", type=float, default=4.0, help="frame rate of the training segments")
-    ing.add_argument("--short-side", type=int, default=288, help="short side of stored frames in pixels (even)")
-    ing.add_argument("--frames", type=int, default=16, help="frames per training segment")
-    ing.add_argument("--batch-objects", type=int, default=16, help="objects per Ray task, and so per shard file")
-    ing.add_argument("--suffixes", default=".mp4,.m4v,.mov,.mkv,.webm,.avi,.mpg,.mpeg,.ts,.3gp",
+    ing.add_argument("--fps", type=float, default=spec.fps, help="frame rate of the training segments")
+    ing.add_argument("--short-side", type=int, default=spec.short_side,
+                     help="short side of stored frames in pixels (even)")
+    ing.add_argument("--frames", type=int, default=spec.frames, help="frames per training segment")
+    ing.add_argument("--batch-objects", type=int, default=BATCH_OBJECTS,
+                     help="objects per Ray task, and so per shard file")
+    ing.add_argument("--suffixes", default=",".join(VIDEO_SUFFIXES),
                      help="comma-separated file suffixes to ingest; other objects are ignored")
     ing.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     ing.set_defaults(func=_ingest)
 
     pre = sub.add_parser("pretrain", help="V-JEPA pretraining with Ray Train (DDP), tracked in MLflow")
     pre.add_argument("--config", required=True, help="YAML run config, e.g. configs/tiny.yaml")
-    pre.add_argument("--run-name", help="MLflow run name")
+    pre.add_argument("--run-name", metavar="NAME",
+                     help="the run's name, same as train.run_name=NAME: its checkpoint folder and MLflow run "
+                          "name; relaunching with the same name resumes the run (default: a new run each time)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
     pre.set_defaults(func=_pretrain)
 
+    conf = sub.add_parser("config", help="print a resolved run config, or the reference of every config key",
+                          description="Print the run config that `jepa pretrain --config FILE key=value ...` "
+                                      "would use, as YAML; or, with --reference, every key of the run and "
+                                      "Serve configs with its type, default and meaning (docs/configuration.md).")
+    conf.add_argument("--config", help="YAML run config (default: the built-in defaults)")
+    conf.add_argument("--reference", action="store_true", help="print the Markdown reference of every key")
+    conf.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
+    conf.set_defaults(func=_config)
+
     srv = sub.add_parser("serve", help="Ray Serve application")
     srv_sub = srv.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dep = srv_sub.add_parser("deploy", help="deploy a registered model as an autoscaling HTTP endpoint")
+    dep = srv_sub.add_parser("deploy", help="deploy a registered model as an autoscaling HTTP endpoint",
+                             description="Deploy a registered model into the running Ray cluster (RAY_ADDRESS, "
+                                         "e.g. from `jepa stack env`); the app keeps running after this command.")
     dep.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     dep.add_argument("--config", help="YAML serve config (autoscaling, port), e.g. configs/serve.yaml")
     dep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. max_replicas=4")
     dep.set_defaults(func=_serve_deploy)
     st = srv_sub.add_parser("status", help="print the Serve application status")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=_serve_status)
 
     mod = sub.add_parser("models", help="the MLflow model registry: list versions, promote one to @champion")
@@ -167,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     prom.set_defaults(func=_models_promote)
     lst = mod_sub.add_parser("list", help="versions of a registered model with their aliases and runs")
     lst.add_argument("name", metavar="NAME", help="registered model name, e.g. jepa-tiny")
+    lst.add_argument("--json", action="store_true", help="print the versions as JSON")
     lst.set_defaults(func=_models_list)
 
     demo = sub.add_parser("demo", help="the whole flow end to end on the embedded stack",
@@ -179,18 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns 0, or exits with 2 (one line on stderr) on a user error."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # config and input errors: one clear line, not a traceback
-        from jepa.config import ConfigError
-
-        if isinstance(e, (ConfigError, FileNotFoundError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 

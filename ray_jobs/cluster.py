@@ -7,16 +7,19 @@ import os
 
 import ray
 
-# Variables forwarded to every Ray worker, so tasks on other nodes reach the same bucket and server.
+from pipelines.storage import CHECKSUM_SETTING, ENDPOINT_VARIABLES
+
+# Variables forwarded to every Ray worker, so tasks on other nodes reach the same bucket and
+# server with the same credentials. Without keys, each node's own default chain signs (AWS_PROFILE
+# is forwarded; IRSA's and instance roles' settings come with the node itself).
 FORWARDED_ENV = (
-    "JEPA_S3_ENDPOINT",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_REGION",
-    "AWS_REQUEST_CHECKSUM_CALCULATION",  # pyarrow S3 writes to SeaweedFS (pipelines.storage.pyarrow_fs)
-    "MLFLOW_TRACKING_URI",
+    *ENDPOINT_VARIABLES,
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_REGION", "AWS_DEFAULT_REGION",
+    *CHECKSUM_SETTING,
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
     "JEPA_API_TOKEN",
-)
+)  # fmt: skip
 
 
 def forwarded_env() -> dict[str, str]:
@@ -30,6 +33,18 @@ def _job_env_keys() -> set[str]:
     return set(json.loads(raw).get("runtime_env", {}).get("env_vars", {})) if raw else set()
 
 
+class ClusterError(RuntimeError):
+    """No Ray cluster where one is needed, or RAY_ADDRESS names one that does not answer."""
+
+
+def require_cluster(action: str) -> None:
+    """Refuse `action` when it would land in a Ray started for this command alone (and stopped
+    when it exits): a Serve app, for one, must outlive the command that deploys it."""
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        raise ClusterError(f"no Ray cluster to {action}: RAY_ADDRESS is not set. Start the local stack "
+                           f"(`jepa stack up`, then `eval \"$(jepa stack env)\"`) or set RAY_ADDRESS=HOST:6379")
+
+
 def connect(num_cpus: int | None = None) -> None:
     """Join the cluster at RAY_ADDRESS, or start a local one with `num_cpus` logical CPUs.
 
@@ -41,7 +56,11 @@ def connect(num_cpus: int | None = None) -> None:
     job_keys = _job_env_keys()
     runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_keys}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        try:
+            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        except ConnectionError as err:
+            raise ClusterError(f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: "
+                               f"{str(err).splitlines()[0]}") from err
     else:
         # address="local": never attach by accident to some other cluster running on this machine.
         # The dashboard (on 127.0.0.1) also serves the state API that Ray Train polls.

@@ -9,16 +9,16 @@ import time
 import mlflow
 import requests
 
+from infra.stack import Stack, StackConfig
 from jepa.checkpoint import load_model
 from jepa.config import load_config
-from pipelines.clips import list_videos
+from pipelines.direct_clips import list_videos
 from pipelines.storage import get_bytes
 from pipelines.synth_physics import synthesize
 from ray_jobs import tracking
 from ray_jobs.evaluate import MIN_IMPROVEMENT, MIN_TARGET_STD, held_out_report, load_held_out_clips
 from ray_jobs.pretrain import pretrain
 from ray_jobs.serve_app import deploy, load_serve_config
-from ray_jobs.stack import Stack, StackConfig
 
 class _Stage:
     def __init__(self, total: int):
@@ -59,7 +59,7 @@ def run_demo(videos: int = 200, config: str = "configs/tiny.yaml", overrides: li
 
     stage(f"pretrain {cfg.model.arch} with {cfg.train.num_workers} Ray Train workers "
           f"({cfg.train.steps} steps)")
-    result = pretrain(cfg, run_name="demo")
+    result = pretrain(cfg)
 
     stage(f"held-out evaluation on {len(result.held_out)} unseen videos")
     model, _ = load_model(tracking.download_checkpoint(result.model_uri))

@@ -13,7 +13,7 @@ from jepa.masks import sample_masks
 from jepa.model import JEPA, build_jepa
 from jepa.train_step import evaluate_loss
 from jepa.transforms import clips_to_tensor
-from pipelines.clips import clip_dataset
+from pipelines.direct_clips import clip_dataset
 
 # What "the model learned" means (README): held-out JEPA loss at least this far below the same
 # architecture at initialisation, with target features that have not collapsed.

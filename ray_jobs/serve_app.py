@@ -20,7 +20,7 @@ from jepa.config import load_yaml
 from jepa.transforms import clips_to_tensor
 from pipelines.video import VideoDecodeError, decode_clip
 from ray_jobs import tracking
-from ray_jobs.cluster import connect, forwarded_env
+from ray_jobs.cluster import connect, forwarded_env, require_cluster
 
 APP_NAME = "jepa"
 
@@ -124,8 +124,10 @@ def build_app(model_uri: str, cfg: ServeConfig):
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:
-    """Deploy (or update) the app on the connected cluster; returns its base URL."""
+    """Deploy (or update) the app on the running cluster (RAY_ADDRESS, or the one this process is
+    connected to); returns its base URL. The app outlives this call."""
     cfg = cfg or ServeConfig()
+    require_cluster("deploy into")
     tracking.resolve_model_version(model_uri)  # fail here, with a clear error, if the model is unknown
     connect()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

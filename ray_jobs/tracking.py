@@ -1,12 +1,11 @@
-"""MLflow glue: one run per pretraining job, per-step metrics from rank 0, a loss-curve plot, the
-trained model logged as a pyfunc (our checkpoint folder inside) and registered under an alias
-(`@candidate`), and promotion of a registered version to `@champion`."""
+"""MLflow glue: a job's run (params, tags, a loss-curve plot), the JEPA pyfunc that a registered
+model is logged as (our checkpoint folder inside), and the registry: resolving, downloading,
+listing and promoting versions. Rank 0's metric logging and registration are in ray_jobs.training."""
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from jepa.config import RunConfig
+from ray_jobs.training.registration import CHECKPOINT_ARTIFACT
 
-MODEL_ARTIFACT = "model"
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,41 +44,20 @@ def git_sha() -> str:
         return "unknown"
 
 
-def start_run(cfg: RunConfig, run_name: str | None = None) -> str:
-    """Create the job's run with the resolved config and the git SHA as params (the SHA also as a
+def start_run(experiment: str, config: dict[str, Any], tags: dict[str, str], run_name: str | None = None) -> str:
+    """Create a job's run with its resolved config and the git SHA as params (the SHA also as a
     tag, to filter runs by); returns its id."""
-    mlflow.set_experiment(cfg.tracking.experiment)
+    mlflow.set_experiment(experiment)
     sha = git_sha()
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params(flatten(cfg.to_dict()) | {"git_sha": sha})
-        mlflow.set_tags({"git_sha": sha, "jepa.arch": cfg.model.arch})
+        mlflow.log_params(flatten(config) | {"git_sha": sha})
+        mlflow.set_tags({"git_sha": sha, **tags})
     return run.info.run_id
 
 
 def run_url(run_id: str) -> str:
     run = MlflowClient().get_run(run_id)
     return f"{mlflow.get_tracking_uri().rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-
-
-class MetricLogger:
-    """Buffers metrics and sends them in batches, so logging never dominates a short step."""
-
-    def __init__(self, run_id: str, flush_every: int = 20):
-        self.client = MlflowClient()
-        self.run_id = run_id
-        self.flush_every = flush_every
-        self._buffer: list[mlflow.entities.Metric] = []
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self._buffer += [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
-        if len(self._buffer) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            self.client.log_batch(self.run_id, metrics=self._buffer)
-            self._buffer = []
 
 
 class JepaPyfunc(mlflow.pyfunc.PythonModel):
@@ -109,22 +86,6 @@ def model_signature(cfg: RunConfig, embed_dim: int) -> ModelSignature:
     )
 
 
-def log_and_register(run_id: str, checkpoint_dir: str | Path, cfg: RunConfig, embed_dim: int) -> int:
-    """Log the checkpoint as an MLflow model in `run_id`, register it and point the alias at it."""
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=JepaPyfunc(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-            signature=model_signature(cfg, embed_dim),
-            pip_requirements=["torch", "numpy", "jepa-ray"],
-            registered_model_name=cfg.tracking.registered_model,
-        )
-    version = int(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(cfg.tracking.registered_model, cfg.tracking.alias, version)
-    return version
-
-
 def download_checkpoint(model_uri: str, dst: str | Path | None = None) -> Path:
     """Fetch the checkpoint folder of a registered model (`models:/NAME@ALIAS`)."""
     dst = Path(dst or tempfile.mkdtemp(prefix="jepa-model-"))
@@ -134,17 +95,26 @@ def download_checkpoint(model_uri: str, dst: str | Path | None = None) -> Path:
 
 
 def resolve_model_version(model_uri: str) -> dict[str, Any]:
-    """Name, version and run of a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI."""
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
-    ref = model_uri[len("models:/"):]
+    """Name, version and run of a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI; a malformed
+    URI or one that names nothing registered is a RegistryError."""
+    from mlflow.exceptions import MlflowException
+
+    ref = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    if not ref or ("@" not in ref and "/" not in ref):
+        raise RegistryError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
     client = MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = ref.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        raise RegistryError(f"{model_uri} is not registered at {mlflow.get_tracking_uri()} "
+                            f"(`jepa models list NAME` shows the versions and aliases)") from None
     return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id, "uri": model_uri}
 
 

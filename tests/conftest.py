@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.stack import Stack, StackConfig
+from infra.stack import Stack, StackConfig
 
 # Client settings that must not leak from the developer's shell into tests.
 SCRUBBED_ENV = (
-    "JEPA_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI",
-    "RAY_ADDRESS", "JEPA_API_TOKEN",
+    "JEPA_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS", "JEPA_API_TOKEN",
 )  # fmt: skip
 
 

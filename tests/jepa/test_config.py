@@ -49,3 +49,18 @@ def test_nested_list_of_masks(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.steps"])
+
+
+def test_choice_fields_are_checked_at_load_with_the_key_named(tmp_path):
+    with pytest.raises(ConfigError, match="model.arch: 'colossal' is not one of tiny, small, base"):
+        load_config(write(tmp_path, "model:\n  arch: colossal\n"))
+    with pytest.raises(ConfigError, match="optim.schedule: 'step' is not one of warmup_constant, cosine"):
+        load_config(None, ["optim.schedule=step"])
+    with pytest.raises(ConfigError, match="data.modality"):
+        load_config(None, ["data.modality=1"])
+    assert load_config(None, ["optim.schedule=cosine", "model.arch=giant"]).model.arch == "giant"
+
+
+def test_keep_checkpoints_is_checked_at_load():
+    with pytest.raises(ConfigError, match="train.keep_checkpoints: must be at least 1"):
+        load_config(None, ["train.keep_checkpoints=0"])

@@ -3,7 +3,7 @@ import math
 import pytest
 from torch import nn
 
-from jepa.config import OptimConfig
+from jepa.config import ConfigError, OptimConfig
 from jepa.optim import build_optimizer, lr_at, set_lr
 from jepa.predictor import Predictor
 
@@ -39,7 +39,7 @@ def test_cosine():
 
 
 def test_unknown_schedule_and_set_lr():
-    with pytest.raises(ValueError, match="unknown lr schedule"):
+    with pytest.raises(ConfigError, match="optim.schedule: 'step' is not one of warmup_constant, cosine"):
         lr_at(0, OptimConfig(schedule="step"), 10)
     opt = build_optimizer(nn.Linear(2, 2), OptimConfig())
     set_lr(opt, 0.123)

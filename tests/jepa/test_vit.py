@@ -1,7 +1,9 @@
+import typing
+
 import pytest
 import torch
 
-from jepa.config import ModelConfig
+from jepa.config import Arch, ConfigError, ModelConfig
 from jepa.vit import ENCODER_PRESETS, VisionTransformer, build_encoder
 
 # Parameter counts of the reference encoders (3D tubelet patch embed, patch 16, tubelet 2), millions.
@@ -83,6 +85,10 @@ def test_rejects_indivisible_clip():
         _small_encoder()(torch.randn(1, 3, 3, 16, 16))
 
 
-def test_unknown_arch():
-    with pytest.raises(ValueError, match="unknown arch"):
+def test_unknown_arch_is_refused_by_the_config():
+    with pytest.raises(ConfigError, match="model.arch: 'colossal' is not one of tiny, small"):
         build_encoder(ModelConfig(arch="colossal"))
+
+
+def test_every_arch_choice_has_a_preset():
+    assert tuple(ENCODER_PRESETS) == typing.get_args(Arch)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipelines import storage
-from pipelines.clips import clip_dataset, decode_clips_batch, list_videos, split_held_out
+from pipelines.direct_clips import clip_dataset, decode_clips_batch, list_videos
+from pipelines.keys import split_held_out
 from pipelines.synth_physics import PhysicsConfig, synthesize
 
 CLIP = {"num_frames": 16, "fps": 8, "size": 64}
@@ -50,7 +51,7 @@ def test_decode_clips_batch_seeds_by_uri_and_epoch(videos, caplog):
     next_epoch = decode_clips_batch({**batch, "epoch": batch["epoch"] + 1}, **CLIP, seed=0)["clip"]
     assert any(not np.array_equal(a, b) for a, b in zip(first, next_epoch))
 
-    with caplog.at_level(logging.WARNING, logger="pipelines.clips"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.direct_clips"):
         broken = uris[0].rsplit("/", 1)[0] + "/broken.mp4"
         out = decode_clips_batch({"uri": np.array([broken, uris[1], broken + ".missing"])}, **CLIP, seed=0)
     assert out["clip"].shape == (1, 16, 64, 64, 3)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageDecodeError, add_image_masks_batch, decode_image, decode_images_batch, image_to_clip
+from pipelines.images import ImageDecodeError, decode_image, decode_images_batch, image_to_clip
+from pipelines.masking import add_image_masks_batch
 
 
 def _png(h: int, w: int, mode: str = "RGB") -> bytes:

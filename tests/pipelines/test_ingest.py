@@ -120,7 +120,7 @@ def live_segments(dataset: str) -> set[tuple[str, str, int]]:
     found = set()
     info = json.loads(storage.get_bytes(storage.join_uri(dataset, "dataset.json")))
     for uri in shard_uris(dataset, info):
-        for row in pq.read_table(mf.filesystem(uri)[1], filesystem=mf.filesystem(uri)[0]).to_pylist():
+        for row in pq.read_table(storage.arrow_location(uri)[1], filesystem=storage.arrow_location(uri)[0]).to_pylist():
             clip = decode_segment(row["mp4"])
             assert clip.shape == (SMALL_SPEC.frames, row["height"], row["width"], 3), row["uri"]
             assert min(row["height"], row["width"]) == SMALL_SPEC.short_side, row["uri"]

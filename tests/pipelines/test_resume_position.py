@@ -11,17 +11,11 @@ from segment_rows import SPEC, physics_segment_rows
 
 from jepa.config import ImageMaskConfig
 from pipelines import storage
-from pipelines.clips import (
-    INPUT_ROWS,
-    clip_dataset,
-    decode_clips_batch,
-    epoch_items,
-    input_rows,
-    plan_shard_passes,
-    row_key,
-    shard_clip_dataset,
-)
+from pipelines.direct_clips import clip_dataset, decode_clips_batch
 from pipelines.images import decode_images_batch, image_dataset
+from pipelines.keys import row_key
+from pipelines.resume import INPUT_ROWS, epoch_items, input_rows, plan_shard_passes
+from pipelines.shard_clips import shard_clip_dataset
 from pipelines.shards import encode_segment, rows_to_table, write_shard
 from pipelines.synth_physics import PhysicsConfig, make_video, synthesize
 

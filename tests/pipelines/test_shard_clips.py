@@ -11,16 +11,10 @@ from segment_rows import SPEC, physics_segment_rows
 from jepa.config import MaskConfig
 from jepa.masks import masks_from_flags
 from pipelines import shards, storage
-from pipelines.clips import (
-    add_masks_batch,
-    augment_clip,
-    decode_shard_batch,
-    resized_crop,
-    row_key,
-    sample_crop,
-    shard_clip_dataset,
-    split_held_out,
-)
+from pipelines.augment import augment_clip, resized_crop, sample_crop
+from pipelines.keys import row_key, split_held_out
+from pipelines.masking import add_masks_batch
+from pipelines.shard_clips import decode_shard_batch, shard_clip_dataset
 from pipelines.shards import rows_to_table, write_shard
 
 GRID = (4, 4, 4)  # 8 frames / tubelet 2, 64 px / patch 16

@@ -130,9 +130,9 @@ def test_decode_clip_decodes_only_from_the_keyframe_before_to_the_clip_end(monke
     import pipelines.video as video
 
     decoded: list[int] = []
-    real_open = video._open
+    real_open = video.open_container
 
-    monkeypatch.setattr(video, "_open",
+    monkeypatch.setattr(video, "open_container",
                         lambda data: CountingContainer(real_open(data), lambda f: decoded.append(round(float(f.time) * 12))))
     data = encode_mp4(np.zeros((120, 16, 16, 3), dtype=np.uint8), fps=12)  # keyframe every 12 frames
     decode_clip(data, num_frames=4, fps=4, size=16, start_s=5.5)  # frames 66, 69, 72, 75

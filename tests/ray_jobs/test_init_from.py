@@ -13,7 +13,7 @@ from jepa.vjepa2 import export_vjepa2
 from pipelines.storage import put_bytes
 from pipelines.synth_physics import PhysicsConfig, synthesize
 from ray_jobs.init_from import check_init_from, load_init_weights
-from ray_jobs.pretrain import fingerprint
+from ray_jobs.training.registration import fingerprint
 
 pytestmark = pytest.mark.integration
 

@@ -24,10 +24,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from infra.processes import wait_until
+from infra.stack import Stack
 from pipelines.storage import get_bytes, put_bytes, pyarrow_fs
 from pipelines.synth_physics import PhysicsConfig, synthesize
-from ray_jobs.processes import wait_until
-from ray_jobs.stack import Stack
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

