@@ -2,8 +2,8 @@
 
 No data loading: three random batches of normalised clips with pre-sampled masks (default V-JEPA 2
 configs), cycled, so the figure is the model step alone. bf16 autocast on CUDA, float32 on CPU.
-Timed like ../shared/anchors/anchor_vjepa2_step.py (median step after warm-up), so
-bench/bench_vs_reference.py can put the two side by side.
+Timed like the reference anchor of bench/bench_vs_reference.py (median step after warm-up), so
+that script can put the two side by side.
 
     python bench/bench_train_step.py --arch tiny --batch-size 2 --frames 4 --img-size 32 --patch-size 8
     python bench/bench_train_step.py --arch large --batch-size 24 --img-size 256 --device cuda --ckpt

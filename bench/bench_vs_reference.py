@@ -1,11 +1,14 @@
 """Our pretraining step beside the reference's (facebookresearch/vjepa2), timed the same way in one run.
 
-Runs bench/bench_train_step.py and the anchor script ../shared/anchors/anchor_vjepa2_step.py (which
-imports the reference from $VJEPA2_REF, default .ref/vjepa2: a fetched snapshot, never committed)
-in turn, each in its own process, for each setting, and prints a table with the ratio
-ours / reference in clips/s. Meant for a GPU (bf16); on CPU use a small --arch/--crop.
+Runs bench/bench_train_step.py and a reference anchor script in turn, each in its own process, for
+each setting, and prints a table with the ratio ours / reference in clips/s. The anchor (--anchor or
+$VJEPA2_ANCHOR; not part of this repository) builds the reference's own modules from $VJEPA2_REF
+(default .ref/vjepa2: a fetched snapshot, never committed), takes the flags --model vit_ARCH --bs
+--frames --crop --steps --warmup [--ckpt], and prints a JSON line with `clips_per_s` and
+`peak_mem_gib`, timed as bench_train_step.py times ours. Meant for a GPU (bf16); on CPU use a small
+--arch/--crop.
 
-    python bench/bench_vs_reference.py --arch large --bs 24 --settings ckpt,no-ckpt
+    VJEPA2_ANCHOR=PATH python bench/bench_vs_reference.py --arch large --bs 24 --settings ckpt,no-ckpt
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHOR = ROOT.parent / "shared" / "anchors" / "anchor_vjepa2_step.py"
 
 
 def run_json(cmd: list[str], env: dict[str, str]) -> dict:
@@ -36,8 +38,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--settings", default="ckpt,no-ckpt", help="comma list of ckpt / no-ckpt")
-    p.add_argument("--anchor", default=str(ANCHOR), help="path of anchor_vjepa2_step.py")
+    p.add_argument("--anchor", default=os.environ.get("VJEPA2_ANCHOR"),
+                   help="the reference step script (default $VJEPA2_ANCHOR); see the module docstring")
     a = p.parse_args()
+    if not a.anchor:
+        p.error("no reference anchor: pass --anchor PATH or set VJEPA2_ANCHOR")
     env = os.environ | {"VJEPA2_REF": os.environ.get("VJEPA2_REF", str(ROOT / ".ref" / "vjepa2")),
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     device = "cuda" if _cuda() else "cpu"

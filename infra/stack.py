@@ -403,6 +403,8 @@ class Stack:
     def env(self) -> dict[str, str]:
         """Variables a client needs (`eval "$(jepa stack env)"`). Ports are those of the running
         services where they run (they keep their ports until `down`), else the configured ones."""
+        from pipelines.storage import CHECKSUM_SETTING  # boto3 and pyarrow: not for `jepa stack --help`
+
         c = self.config
 
         def port(service: str, label: str, configured: int) -> int:
@@ -416,9 +418,8 @@ class Stack:
             "AWS_REGION": c.region,
             "AWS_DEFAULT_REGION": c.region,  # what boto3 itself reads
             "MLFLOW_TRACKING_URI": f"http://{c.host}:{port('mlflow', 'http', c.mlflow_port)}",
-            # pyarrow's S3 client (Ray Train checkpoints, Ray Data writes) must not send checksum
-            # trailers, which SeaweedFS rejects; every process that writes needs it (FIELD_NOTES)
-            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            # SeaweedFS rejects the AWS SDKs' default upload checksums: for other tools that write
+            **CHECKSUM_SETTING,
         }
         if c.ray or self._record(RayHead.name) is not None:
             env["RAY_ADDRESS"] = f"{c.host}:{port(RayHead.name, 'gcs', c.ray_port)}"
