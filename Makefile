@@ -11,7 +11,8 @@ LOCK_VENV ?= $(or $(TMPDIR),/tmp)/jepa-ray-piptools
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
 LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip finds one, the PyPI CUDA build elsewhere (Makefile, target lock)
-# set to https://download.pytorch.org/whl/cpu on a machine whose pip finds no CPU torch wheel
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` (or `make lock ...`) on a machine whose
+# pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
 .PHONY: help setup lock demo test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
@@ -26,7 +27,7 @@ setup: $(STAMP) ## create .venv from requirements-dev.lock (torch 2.13.0 CPU whe
 $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
-	$(PY) -m pip install --quiet -r requirements-dev.lock
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
 	touch $@

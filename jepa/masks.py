@@ -8,7 +8,7 @@ The cut matters for the statistics: at batch 24 on an 8x16x16 grid the defaults 
 24% / 6% context and 48% / 71% targets, less than the per-clip coverage.
 Everything is vectorised over the batch so it is cheap enough for data-loading workers.
 
-The data pipeline (``pipelines.clips.add_masks_batch``) draws each clip's blocks on its own
+The data pipeline (``pipelines.masking.add_masks_batch``) draws each clip's blocks on its own
 (``target_flags`` with a batch of one: block size per clip, not per batch) and ships the uncut
 (K, N) flags with the clip; the trainer cuts whatever batch it gets with ``masks_from_flags``.
 Drawing the size per clip lowers the averages slightly (measured at batch 24 on 8x16x16: context
