@@ -189,7 +189,7 @@ class TrainConfig:
     """The training run's name, and so its identity: its folder under `checkpoint_uri` and the
     display name of the MLflow run it creates. Relaunching with the same name resumes from the
     run's latest checkpoint and logs to the same MLflow run (`--run-name` on the CLI sets it).
-    Empty = a new run each time, named `<job>-<MLflow run id>`."""
+    Empty = a new run each time, in folder `<job>-<MLflow run id>` (MLflow picks its display name)."""
     max_failures: int = 3
     """Worker-group failures `jepa pretrain` recovers from (a restart from the latest checkpoint, its
     dataset starting at that checkpoint's data position; node preemptions do not count); -1 = no limit."""

@@ -96,11 +96,15 @@ def _serve_status(args: argparse.Namespace) -> None:
 
     require_cluster("read the Serve status")
     connect()
+    def name(state) -> str:  # Serve's states are str enums, whose str() is "Class.MEMBER"
+        return getattr(state, "value", str(state))
+
     applications = {
-        name: {"status": str(app.status),
-               "deployments": {dep_name: {"status": str(dep.status), "replicas": dict(dep.replica_states),
-                                          "message": dep.message} for dep_name, dep in app.deployments.items()}}
-        for name, app in serve.status().applications.items()
+        app_name: {"status": name(app.status),
+                   "deployments": {dep_name: {"status": name(dep.status),
+                                              "replicas": {name(k): n for k, n in dep.replica_states.items()},
+                                              "message": dep.message} for dep_name, dep in app.deployments.items()}}
+        for app_name, app in serve.status().applications.items()
     }  # fmt: skip
     if args.json:
         print(json.dumps(applications, indent=2))

@@ -1,5 +1,6 @@
 """`jepa models promote / list` and the loss-curve artifact, against a real MLflow server."""
 
+import json
 import uuid
 
 import mlflow
@@ -58,6 +59,10 @@ def test_list_shows_versions_aliases_and_runs(registered, capsys):
         [str(v2), "@candidate,@champion", run2],  # newest first; @candidate followed the last run
         [str(v1), "-", run1],
     ]
+    assert main(["models", "list", name, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["aliases"], v["run_id"]) for v in listed] == [
+        (v2, ["candidate", "champion"], run2), (v1, [], run1)]
 
 
 @pytest.mark.integration

@@ -145,3 +145,21 @@ def test_bad_requests_get_4xx_json_and_the_replica_survives(trained, endpoint):
         assert response.status_code == status, (case, response.status_code, response.text)
         assert response.json()["error"], case
     assert _embed(endpoint, video).status_code == 200
+
+
+def test_serve_status_json_and_unknown_model_errors(trained, endpoint, capsys, monkeypatch):
+    import json
+
+    from ray_jobs.cli import main
+
+    assert main(["serve", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["jepa"]["status"] == "RUNNING"
+    assert list(status["jepa"]["deployments"]["JepaService"]["replicas"].values()) == [1]
+    for model, message in [("models:/no-such-model@candidate", "is not registered at"),
+                           ("models:/jepa-e2e@no-such-alias", "is not registered at"),
+                           ("jepa-e2e", "expected models:/NAME@ALIAS")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "deploy", "--model", model])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
