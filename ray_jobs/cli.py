@@ -148,16 +148,19 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infra.stack import add_stack_parser
-    from pipelines.ingest import BATCH_OBJECTS, VIDEO_SUFFIXES
-    from pipelines.shards import ClipSpec
-    from pipelines.synth_physics import PhysicsConfig
+    from infra.cli import add_stack_parser
 
     parser = argparse.ArgumentParser(prog="jepa", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     add_stack_parser(sub)
+    for add in (_add_synth, _add_ingest, _add_pretrain, _add_config, _add_serve, _add_models, _add_demo):
+        add(sub)
+    return parser
+
+
+def _add_synth(sub) -> None:
+    from pipelines.synth_physics import PhysicsConfig
 
     synth = sub.add_parser("synth", help="generate synthetic training worlds")
     synth_sub = synth.add_subparsers(dest="world", required=True, metavar="WORLD")
@@ -171,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     physics.add_argument("--fps", type=int, default=world.fps, help="frames per second")
     physics.add_argument("--seconds", type=float, default=world.seconds, help="duration of each video")
     physics.set_defaults(func=_synth_physics)
+
+
+def _add_ingest(sub) -> None:
+    from pipelines.ingest import BATCH_OBJECTS, VIDEO_SUFFIXES
+    from pipelines.shards import ClipSpec
 
     ing = sub.add_parser("ingest", help="probe, quarantine and transcode a bucket of video into a training dataset",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -188,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     ing.set_defaults(func=_ingest)
 
+
+def _add_pretrain(sub) -> None:
     pre = sub.add_parser("pretrain", help="V-JEPA pretraining with Ray Train (DDP), tracked in MLflow")
     pre.add_argument("--config", required=True, help="YAML run config, e.g. configs/tiny.yaml")
     pre.add_argument("--run-name", metavar="NAME",
@@ -196,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
     pre.set_defaults(func=_pretrain)
 
+
+def _add_config(sub) -> None:
     conf = sub.add_parser("config", help="print a resolved run config, or the reference of every config key",
                           description="Print the run config that `jepa pretrain --config FILE key=value ...` "
                                       "would use, as YAML; or, with --reference, every key of the run and "
@@ -205,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
     conf.set_defaults(func=_config)
 
+
+def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="Ray Serve application")
     srv_sub = srv.add_subparsers(dest="action", required=True, metavar="ACTION")
     dep = srv_sub.add_parser("deploy", help="deploy a registered model as an autoscaling HTTP endpoint",
@@ -218,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=_serve_status)
 
+
+def _add_models(sub) -> None:
     mod = sub.add_parser("models", help="the MLflow model registry: list versions, promote one to @champion")
     mod_sub = mod.add_subparsers(dest="action", required=True, metavar="ACTION")
     prom = mod_sub.add_parser("promote", help="point models:/NAME@champion at VERSION; prints the previous one",
@@ -231,13 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="print the versions as JSON")
     lst.set_defaults(func=_models_list)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="the whole flow end to end on the embedded stack",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate")
     demo.add_argument("--config", default="configs/tiny.yaml", help="pretraining config")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
     demo.set_defaults(func=_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

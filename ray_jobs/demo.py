@@ -9,7 +9,8 @@ import time
 import mlflow
 import requests
 
-from infra.stack import Stack, StackConfig
+from infra.config import StackConfig
+from infra.stack import Stack
 from jepa.checkpoint import load_model
 from jepa.config import load_config
 from pipelines.direct_clips import list_videos

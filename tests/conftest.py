@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.stack import Stack, StackConfig
+from infra.config import StackConfig
+from infra.stack import Stack
 
 # Client settings that must not leak from the developer's shell into tests.
 SCRUBBED_ENV = (

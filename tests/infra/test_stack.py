@@ -18,8 +18,11 @@ import uuid
 
 import pytest
 
+from infra.cli import cli
+from infra.config import StackConfig, StackError
 from infra.processes import ProcRecord, pid_alive, spawn, stop_group
-from infra.stack import SeaweedFS, Service, Stack, StackConfig, StackError, cli
+from infra.services import SeaweedFS, Service
+from infra.stack import Stack
 
 
 def _gone(pid: int) -> bool:

@@ -66,7 +66,11 @@ def test_batch_minimum_cut_and_flags_path():
         assert (m.context[i].diff() > 0).all()
     (via_flags,) = masks_from_flags(target[:, None], context[:, None])
     assert torch.equal(via_flags.context, m.context) and torch.equal(via_flags.target, m.target)
-    assert isinstance(gen(6, g).context, torch.Tensor)
+    # calling the generator is that cut of its flags: the context stays the block minus the targets
+    # (not their complement, larger in this draw: its context block is smaller than the grid)
+    called = gen(6, torch.Generator().manual_seed(3))
+    assert torch.equal(called.context, m.context) and torch.equal(called.target, m.target)
+    assert called.context.shape[1] < int((~target).sum(1).min())
 
 
 def test_video_flags_path_unchanged():
@@ -80,6 +84,8 @@ def test_same_seed_same_masks_and_grid_checks():
     a = gen.flags(3, torch.Generator().manual_seed(5))
     b = gen.flags(3, torch.Generator().manual_seed(5))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = gen.flags(3, torch.Generator().manual_seed(6))  # the generator decides, not a constant
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))
     with pytest.raises(ValueError, match="1, H, W"):
         ImageMaskGenerator((2, 4, 4), ImageMaskConfig())
 
@@ -108,9 +114,16 @@ def test_image_model_forward_on_one_frame_clips():
     from jepa.transforms import clips_to_tensor
 
     cfg = load_config("configs/ijepa_tiny.yaml", ["model.img_size=32", "model.pred_depth=1"])
+    torch.manual_seed(0)
     model = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
     assert model.token_grid == (1, 4, 4)
-    clips = clips_to_tensor(np.zeros((2, 1, 32, 32, 3), dtype=np.uint8))
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 32, 32, 3), dtype=np.uint8)
+    clips = clips_to_tensor(images)
     target, context = ImageMaskGenerator(model.token_grid, cfg.image_masks).flags(2, torch.Generator().manual_seed(0))
-    out = model(clips, masks_from_flags(target[:, None], context[:, None]))
-    assert torch.isfinite(out["loss"])
+    masks = masks_from_flags(target[:, None], context[:, None])
+    with torch.no_grad():
+        out = model(clips, masks)
+        # a 1-frame clip is the image repeated over one tubelet (as the reference encodes images)
+        repeated = model(clips.repeat(1, 1, cfg.model.tubelet_size, 1, 1), masks)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    assert torch.equal(out["loss"], repeated["loss"])

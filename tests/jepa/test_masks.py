@@ -52,7 +52,13 @@ def test_seeded_and_cheap_to_move():
     a = sample_masks(GRID, DEFAULTS, 4, torch.Generator().manual_seed(3))
     b = sample_masks(GRID, DEFAULTS, 4, torch.Generator().manual_seed(3))
     assert all(torch.equal(x.context, y.context) and torch.equal(x.target, y.target) for x, y in zip(a, b))
-    assert isinstance(a[0].to("cpu"), MaskBatch)
+    # the generator decides: another seed, other blocks (a sampler ignoring it passes the check above)
+    c = sample_masks(GRID, DEFAULTS, 4, torch.Generator().manual_seed(4))
+    assert all(not torch.equal(x.target, y.target) for x, y in zip(a, c))
+    moved = a[0].to("meta")  # both index lists travel, and nothing else changes
+    assert isinstance(moved, MaskBatch) and moved.context.device.type == moved.target.device.type == "meta"
+    assert (moved.context.shape, moved.target.shape) == (a[0].context.shape, a[0].target.shape)
+    assert moved.context.dtype == moved.target.dtype == torch.int64
 
 
 def test_block_size_follows_scale_and_aspect():

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -60,14 +61,22 @@ def test_ddp_wrapped_model(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         model = build_jepa(ModelConfig(img_size=32, num_frames=4, patch_size=8, pred_depth=1), 2)
+        plain = copy.deepcopy(model)
         ddp = DistributedDataParallel(model)
-        opt = build_optimizer(ddp, OptimConfig())
+        opt, plain_opt = build_optimizer(ddp, OptimConfig()), build_optimizer(plain, OptimConfig())
         masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
         old = model.target_encoder.norm.weight.clone()
+        g = torch.Generator().manual_seed(1)
         for _ in range(2):
-            metrics = train_step(ddp, [(torch.randn(2, 3, 4, 32, 32), masks)], opt, 1e-3, 0.5, CPU)
+            clips = torch.randn(2, 3, 4, 32, 32, generator=g)
+            metrics = train_step(ddp, [(clips, masks)], opt, 1e-3, 0.5, CPU)
+            expected = train_step(plain, [(clips, masks)], plain_opt, 1e-3, 0.5, CPU)
+            assert metrics == pytest.approx(expected, rel=1e-5), (metrics, expected)
         assert metrics["loss"] > 0
         assert not torch.equal(model.target_encoder.norm.weight, old)  # EMA reached the unwrapped module
+        # one rank under DDP takes the very steps of the unwrapped model: same AdamW update, same EMA
+        for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6), name
     finally:
         dist.destroy_process_group()
 

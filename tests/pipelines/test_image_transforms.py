@@ -36,3 +36,11 @@ def test_add_image_masks_batch_is_per_key():
     assert out["target_masks"].shape == out["context_masks"].shape == (3, 1, 64)
     assert np.array_equal(out["target_masks"][0], out["target_masks"][2])
     assert not (out["target_masks"] & out["context_masks"]).any()
+    assert out["target_masks"].any(axis=2).all() and out["context_masks"].any(axis=2).all()
+    # the key (and the run seed) decide, not the row's place in the batch or a constant
+    assert not np.array_equal(out["target_masks"][0], out["target_masks"][1])
+    alone = add_image_masks_batch({"key": np.array([8], dtype=np.int64)}, grid=(1, 8, 8), cfg={}, seed=0)
+    for name in ("target_masks", "context_masks"):
+        assert np.array_equal(alone[name][0], out[name][1])
+    other_seed = add_image_masks_batch(batch, grid=(1, 8, 8), cfg={}, seed=1)
+    assert not np.array_equal(other_seed["target_masks"], out["target_masks"])

@@ -46,6 +46,11 @@ def test_same_seed_same_video_different_seed_differs():
 def test_video_seed_depends_on_seed_and_index():
     assert video_seed(0, 1) == video_seed(0, 1)
     assert len({video_seed(0, 0), video_seed(0, 1), video_seed(1, 0)}) == 3
+    # no two videos of a run, nor of nearby runs, share a seed (seed + index, seed ^ index or
+    # seed * 100 + index would), and each is a plain int numpy's generators accept
+    seeds = [video_seed(s, i) for s in range(8) for i in range(512)]
+    assert len(set(seeds)) == len(seeds)
+    assert all(type(v) is int and 0 <= v < 2**64 for v in seeds)
 
 
 @pytest.mark.parametrize("seed", range(12))

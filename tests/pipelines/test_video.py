@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from decode_counter import CountingContainer
@@ -101,7 +103,7 @@ def test_resize_short_side_then_centre_crop(height, width):
 def test_undecodable_bytes_raise(data, message):
     with pytest.raises(VideoDecodeError, match=message) as info:
         decode_clip(data, num_frames=4, fps=4, size=16)
-    assert info.value.reason
+    assert message in info.value.reason  # the attribute callers classify by carries the why
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.05])
@@ -109,7 +111,8 @@ def test_truncated_mp4_raises(keep):
     data = indexed_video(24, fps=12)
     with pytest.raises(VideoDecodeError) as info:
         decode_clip(data[: int(len(data) * keep)], num_frames=4, fps=4, size=16)
-    assert info.value.reason
+    # the reason says the bytes are unreadable or break off, not that they are empty or hold no video
+    assert re.match(r"not a readable media container|decoding failed after|no decodable frames", info.value.reason)
     with pytest.raises(VideoDecodeError):
         probe(data[: int(len(data) * keep)])
 
