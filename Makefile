@@ -51,8 +51,10 @@ lock: ## regenerate requirements.lock (runtime) and requirements-dev.lock (+ [de
 demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
 	$(JEPA) demo
 
-test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve
-	$(PY) -m pytest -q
+# Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
+# a test file per worker at a time (module fixtures train once): the suite mostly waits on servers.
+test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve (2 workers)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-unit: setup ## unit tests only (no servers)
 	$(PY) -m pytest -q -m "not integration"

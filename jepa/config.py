@@ -20,7 +20,7 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config key is unknown or its value has the wrong type."""
+    """A config key is unknown, or its value has the wrong type or is not allowed; the message names the key."""
 
 
 Arch = Literal["tiny", "small", "base", "large", "huge", "giant"]

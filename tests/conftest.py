@@ -9,12 +9,16 @@
 - `ray_local` (session): an in-process local Ray cluster (`ray.init(num_cpus=4)`) whose workers
   already carry the stack's S3 and MLflow variables (the stack itself is not started by it).
 
+Under pytest-xdist (`make test`: 2 workers) each worker has its own session stack and Ray, on
+its own share of the port range.
+
 Settings from the developer's shell (e.g. after `eval "$(jepa stack env)"`) are removed for the
 session so tests never reach a stack they did not start; RAY_AUTH_MODE=disabled is set.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import sys
@@ -67,19 +71,29 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _port_range() -> range:
+    """20000-22999, so that neither a port nor port + 10000 falls in Ray's worker range
+    (10002-19999) or the kernel's ephemeral range (32768+) where outgoing connections could grab
+    it; split between pytest-xdist workers, which start their stacks at the same moment."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = 3000 // workers
+    return range(20000 + worker * size, 20000 + (worker + 1) * size)
+
+
 def free_ports(n: int, exclude: frozenset[int] = frozenset()) -> list[int]:
-    """`n` ports free together with port + 10000 (SeaweedFS takes that for gRPC), drawn from
-    20000-22999 so that neither they nor +10000 fall in Ray's worker range (10002-19999) or the
-    kernel's ephemeral range (32768+) where outgoing connections could grab them."""
+    """`n` ports free together with port + 10000 (SeaweedFS takes that for gRPC), from this
+    worker's share of 20000-22999 (`_port_range`)."""
     taken = {p for q in exclude for p in (q, q + 10000)}
     ports: list[int] = []
-    for port in random.sample(range(20000, 23000), 3000):
+    candidates = _port_range()
+    for port in random.sample(candidates, len(candidates)):
         if port not in taken and port + 10000 not in taken and _bindable(port) and _bindable(port + 10000):
             ports.append(port)
             taken |= {port, port + 10000}
             if len(ports) == n:
                 return ports
-    raise RuntimeError(f"could not find {n} free port pairs in 20000-22999")
+    raise RuntimeError(f"could not find {n} free port pairs in {candidates}")
 
 
 def fresh_stack_config(state_dir: Path, *, ray: bool = False, bucket: str = "jepa-test") -> StackConfig:
