@@ -89,3 +89,13 @@ def test_sniff_and_mp4_boxes():
     assert iso_box_problem(data) == ""
     assert "no complete moov" in iso_box_problem(data[: len(data) // 2])
     assert probe_object(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64).reason == "still_image"
+
+
+def test_encoding_the_av1_case_keeps_this_process_scheduling_policy():
+    """As root, SVT-AV1 makes the encoding thread real-time (SCHED_FIFO 99); the corpus undoes it,
+    or every server a later test starts would inherit it (video_corpus.scheduling_kept)."""
+    import os
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    CASES["av1.mkv"].build()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before

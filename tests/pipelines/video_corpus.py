@@ -12,6 +12,7 @@ import io
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
@@ -22,6 +23,19 @@ import numpy as np
 from pipelines.shards import ClipSpec
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (the AV1 case) prints a banner per encoder: errors only
+
+
+@contextmanager
+def scheduling_kept():
+    """SVT-AV1 (PyAV's libsvtav1), run as root, switches the calling thread to SCHED_FIFO priority
+    99. Every process started after it (SeaweedFS, MLflow, Ray) would inherit real-time priority:
+    two such `weed` servers of parallel test workers spun and starved a 2-core machine."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
 
 SMALL_SPEC = ClipSpec(fps=4.0, short_side=32, frames=4)
 """A 1 s clip: the 2 s videos give two segments, the 0.5 s one none."""
@@ -70,7 +84,8 @@ def encode(
     target = path or io.BytesIO()
     time_base = Fraction(1, 1000) if pts_ms is not None else Fraction(fps).limit_denominator(1001) ** -1
     try:
-        with av.open(target, "w", format=fmt, options={"movflags": "+faststart"} if faststart else {}) as out:
+        with (scheduling_kept(),
+              av.open(target, "w", format=fmt, options={"movflags": "+faststart"} if faststart else {}) as out):
             stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
             stream.codec_context.time_base = time_base
