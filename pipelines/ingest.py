@@ -492,5 +492,4 @@ def _write_dataset_json(dataset_uri: str, spec: ClipSpec, report: IngestReport, 
 def _replace(src: str, dst: str) -> None:
     """Move a finished file into place (rename locally; copy + delete on S3)."""
     fs, src_path = storage.arrow_location(src)
-    _, dst_path = storage.arrow_location(dst)
-    fs.move(src_path, dst_path)
+    fs.move(src_path, storage.arrow_path(dst))

@@ -108,8 +108,8 @@ def shard_clip_dataset(
     uris = shards.shard_uris(dataset_uri, info)
     if not uris:
         raise FileNotFoundError(f"no shards in {dataset_uri} (no dataset.json shard list, nothing under shards/)")
-    locations = [storage.arrow_location(u) for u in uris]
-    filesystem, paths = locations[0][0], [path for _, path in locations]
+    filesystem, _ = storage.arrow_location(uris[0])  # one filesystem for every shard
+    paths = [storage.arrow_path(u) for u in uris]
     spec = _dataset_spec(info, filesystem, paths[0])
     if spec is not None:
         if num_frames > spec.frames:

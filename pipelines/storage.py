@@ -191,12 +191,19 @@ def pyarrow_fs(settings: S3Settings | None = None) -> pafs.S3FileSystem:
 
 
 def arrow_location(uri: str, settings: S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path in it) for an ``s3://`` URI (``bucket/key``, no trailing slash)
-    or a local path (made absolute): what pyarrow's and Ray Data's readers and writers take."""
+    """(pyarrow filesystem, path in it) for an ``s3://`` URI or a local path: what pyarrow's and
+    Ray Data's readers and writers take."""
+    return (pyarrow_fs(settings) if is_s3(uri) else pafs.LocalFileSystem()), arrow_path(uri)
+
+
+def arrow_path(uri: str) -> str:
+    """The path of ``uri`` in its pyarrow filesystem: ``bucket/key`` (no trailing slash) for
+    ``s3://``, the absolute path for a local one. For many URIs of one filesystem, which
+    ``arrow_location`` would build once per URI."""
     if is_s3(uri):
         bucket, key = parse_uri(uri)
-        return pyarrow_fs(settings), f"{bucket}/{key}".rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+        return f"{bucket}/{key}".rstrip("/")
+    return os.path.abspath(uri)
 
 
 def ensure_bucket(bucket: str, settings: S3Settings | None = None) -> bool:
