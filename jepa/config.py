@@ -27,6 +27,7 @@ Arch = Literal["tiny", "small", "base", "large", "huge", "giant"]
 """Encoder presets (`jepa.vit.ENCODER_PRESETS` holds their widths and depths)."""
 Schedule = Literal["warmup_constant", "cosine"]
 Modality = Literal["video", "image"]
+MaskKind = Literal["multiblock", "future"]
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:
@@ -78,7 +79,8 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    """One multiblock-3D mask config: blocks span all time steps; targets are their union."""
+    """One mask config. multiblock-3D: blocks span all time steps, targets are their union.
+    future: the clip's first token time steps are the context, the rest the targets."""
 
     num_blocks: int = 8
     """Blocks sampled per clip."""
@@ -86,6 +88,16 @@ class MaskConfig:
     """Fraction of the spatial grid covered by each block."""
     aspect_ratio: tuple[float, float] = (0.75, 1.5)
     """Range of block height/width ratios."""
+    kind: MaskKind = "multiblock"
+    """multiblock (V-JEPA: spatial blocks as tubes through time) or future (predict the last token
+    time steps from the first `context_steps`: the future prediction that surprise scoring uses)."""
+    context_steps: int = 0
+    """future masks: token time steps (tubelets) of context; 0 = half of the clip's."""
+
+    def __post_init__(self) -> None:
+        check_choices(self, "masks.")
+        if self.context_steps < 0:
+            raise ConfigError(f"masks.context_steps: must be >= 0, got {self.context_steps}")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Multiblock-3D masks (V-JEPA): a few spatial rectangles, each a tube through all time steps.
+"""Multiblock-3D masks (V-JEPA): a few spatial rectangles, each a tube through all time steps;
+future masks (``FutureMaskGenerator``): the clip's first time steps predict the rest.
 
 Targets are the union of the blocks, the context is everything else. As in the reference:
 one block size per batch (drawn from the scale and aspect-ratio range), independent block
@@ -91,6 +92,33 @@ class MultiBlockMaskGenerator:
         return cut_to_batch_minimum(self.target_flags(batch_size, generator))
 
 
+class FutureMaskGenerator:
+    """Future prediction on a (T, H, W) token grid: the first ``context_steps`` token time steps
+    are the context, every later one a target. The same for every clip, so no batch cut happens;
+    the predictor learns to roll the clip forward, which is what surprise scoring asks of it."""
+
+    def __init__(self, grid: tuple[int, int, int], cfg: MaskConfig):
+        self.grid = grid
+        self.context_steps = cfg.context_steps or grid[0] // 2
+        if not 0 < self.context_steps < grid[0]:
+            raise ValueError(f"future masks need 0 < context_steps < {grid[0]} token time steps, "
+                             f"got {self.context_steps}")
+
+    def target_flags(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """(B, N) bool over the flattened (T, H, W) grid: True from time step ``context_steps`` on."""
+        steps, height, width = self.grid
+        future = torch.arange(steps) >= self.context_steps  # (T,)
+        return future.view(1, steps, 1).expand(batch_size, steps, height * width).flatten(1)
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> MaskBatch:
+        return cut_to_batch_minimum(self.target_flags(batch_size, generator))
+
+
+def mask_generator_for(grid: tuple[int, int, int], cfg: MaskConfig) -> MultiBlockMaskGenerator | FutureMaskGenerator:
+    """The generator of ``cfg.kind`` on token ``grid``."""
+    return FutureMaskGenerator(grid, cfg) if cfg.kind == "future" else MultiBlockMaskGenerator(grid, cfg)
+
+
 def cut_to_batch_minimum(target: Tensor, context: Tensor | None = None) -> MaskBatch:
     """(B, N) bool target flags -> MaskBatch, both index lists cut to the batch minimum.
 
@@ -131,7 +159,7 @@ def sample_masks(
     generator: torch.Generator,
 ) -> list[MaskBatch]:
     """One MaskBatch per mask config for a batch of clips on token grid (T, H, W)."""
-    return [MultiBlockMaskGenerator(grid, cfg)(batch_size, generator) for cfg in mask_cfgs]
+    return [mask_generator_for(grid, cfg)(batch_size, generator) for cfg in mask_cfgs]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from jepa.config import ImageMaskConfig, MaskConfig
-from jepa.masks import ImageMaskGenerator, MultiBlockMaskGenerator
+from jepa.masks import ImageMaskGenerator, mask_generator_for
 from pipelines.keys import stable_hash
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def add_masks_batch(
     """Video: adds "target_masks": bool (B, K, N), per clip and mask config, True where a token is
     a target (N = T * H * W of the token ``grid``), uncut."""
     cfgs = [c if isinstance(c, MaskConfig) else MaskConfig(**c) for c in mask_cfgs]
-    generators = [MultiBlockMaskGenerator(tuple(grid), c) for c in cfgs]
+    generators = [mask_generator_for(tuple(grid), c) for c in cfgs]
     keys = batch["key"]
     flags = np.zeros((len(keys), len(cfgs), int(np.prod(grid))), dtype=bool)
     for i, key in enumerate(keys):
