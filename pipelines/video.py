@@ -164,3 +164,13 @@ def decode_clip(
             while k < num_frames:  # clip runs past the end: hold the last frame
                 take(prev[1])
     return clip
+
+
+def decode_video(data: bytes | str | os.PathLike, fps: float, size: int, max_frames: int | None = None) -> np.ndarray:
+    """The whole video (up to ``max_frames``) at ``fps`` from its start -> uint8 (F, size, size, 3):
+    what surprise scoring slides its windows over."""
+    info = probe(data)
+    n_frames = max(1, int(info["duration_s"] * fps + 1e-6))
+    if max_frames is not None:
+        n_frames = min(n_frames, max_frames)
+    return decode_clip(data, n_frames, fps, size, start_s=0.0)
