@@ -207,27 +207,50 @@ def _collide_walls(pos: np.ndarray, vel: np.ndarray, lo: np.ndarray, hi: np.ndar
         vel[above] = -np.abs(vel[above])
 
 
-def simulate(cfg: PhysicsConfig, scene: Scene) -> States:
-    """Integrate from the scene's initial state (semi-implicit Euler with substeps)."""
-    pos, vel = scene.position.astype(np.float64), scene.velocity.astype(np.float64)
-    radius = scene.radius.astype(np.float64)
+def integrate(
+    cfg: PhysicsConfig,
+    radius: np.ndarray,
+    position: np.ndarray,
+    velocity: np.ndarray,
+    n_frames: int,
+    skip: frozenset[tuple[int, int]] = frozenset(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Semi-implicit Euler with substeps from any state: (positions, velocities) at each of
+    ``n_frames`` frames, each (T, N, 2), and ``touch`` (T, P): which ball pairs (i < j, in
+    ``np.triu_indices`` order without the skipped ones) touched in the substeps after each frame.
+    Pairs in ``skip`` pass through each other (the violation pairs' solidity case)."""
+    pos, vel = position.astype(np.float64), velocity.astype(np.float64)
+    radius = radius.astype(np.float64)
     inv_mass = 1.0 / radius**2  # uniform discs: mass ∝ area ∝ r^2
     lo = np.repeat(radius[:, None], 2, axis=1)
     hi = 1.0 - lo
     first, second = np.triu_indices(len(radius), k=1)
+    keep = np.array([(i, j) not in skip for i, j in zip(first, second)], dtype=bool)
+    first, second = first[keep], second[keep]
+    reach2 = (radius[first] + radius[second]) ** 2
     dt = 1.0 / (cfg.fps * cfg.substeps)
-    n_frames = cfg.n_frames
     positions = np.empty((n_frames, *pos.shape))
     velocities = np.empty((n_frames, *vel.shape))
+    touch = np.zeros((n_frames, len(first)), dtype=bool)
     for f in range(n_frames):
         positions[f], velocities[f] = pos, vel
         for _ in range(cfg.substeps):
             vel[:, 1] += cfg.gravity * dt
             pos += vel * dt
             if len(first):
-                _collide_balls(pos, vel, radius, inv_mass, first, second)
+                d = pos[second] - pos[first]
+                touching = (d**2).sum(1) < reach2
+                if touching.any():  # _collide_balls does nothing otherwise
+                    touch[f] |= touching
+                    _collide_balls(pos, vel, radius, inv_mass, first, second)
             _collide_walls(pos, vel, lo, hi)
-    return States(t=np.arange(n_frames) / cfg.fps, position=positions, velocity=velocities)
+    return positions, velocities, touch
+
+
+def simulate(cfg: PhysicsConfig, scene: Scene) -> States:
+    """Integrate from the scene's initial state."""
+    positions, velocities, _ = integrate(cfg, scene.radius, scene.position, scene.velocity, cfg.n_frames)
+    return States(t=np.arange(cfg.n_frames) / cfg.fps, position=positions, velocity=velocities)
 
 
 def visible(scene: Scene, states: States) -> np.ndarray:
