@@ -6,19 +6,28 @@ Every error a caller can fix is a 4xx JSON `{"error": ...}`; a bad upload never 
 
 import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as FormFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jepa.checkpoint import load_model
 from jepa.config import load_yaml
+from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
-from pipelines.video import VideoDecodeError, decode_clip
+from pipelines.storage import URIError, get_bytes, is_s3, parse_uri
+from pipelines.video import VideoDecodeError, decode_clip, decode_video
 from ray_jobs import tracking
 from ray_jobs.cluster import connect, forwarded_env, require_cluster
 
@@ -40,14 +49,18 @@ class ServeConfig:
     port: int = 8000
     """HTTP port of the Serve proxy."""
     max_upload_mb: float = 64.0
-    """Uploads above this size are refused with 413."""
+    """Uploads (and objects named by /v1/surprise) above this size are refused with 413."""
+    max_surprise_frames: int = 256
+    """/v1/surprise scores at most this many frames (at the model's fps) from a video's start; the
+    answer says when a video was longer (`truncated`)."""
 
 
-app = FastAPI(title="jepa-ray", description="Embeddings from a V-JEPA world model")
+app = FastAPI(title="jepa-ray", description="Embeddings and surprise from a V-JEPA world model")
 
 
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Ours (FastAPI's HTTPException is a subclass) and Starlette's own: unknown route, bad multipart."""
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
 
@@ -63,14 +76,126 @@ def _require_token(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token")
 
 
+@contextmanager
+def _decoding(name: str) -> Iterator[None]:
+    """A video that does not decode is the caller's 400."""
+    try:
+        yield
+    except VideoDecodeError as e:
+        raise HTTPException(400, f"could not decode {name}: {e}") from None
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise HTTPException(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, f"the JSON body must be an object, got {type(body).__name__}")
+    return body
+
+
+SURPRISE_FIELDS = ("video", "uri", "stride_frames")
+
+
+def _surprise_fields(fields: Mapping[str, Any]) -> tuple[FormFile | None, str | None, int | None]:
+    """(upload, uri, stride) from the form fields or JSON keys of a /v1/surprise request: exactly
+    one of upload and uri; the stride a whole number of frames >= 1, or None for the default."""
+    unknown = sorted(set(fields) - set(SURPRISE_FIELDS))
+    if unknown:
+        raise HTTPException(422, f"unknown field(s) {', '.join(unknown)}; "
+                                 f"expected {', '.join(SURPRISE_FIELDS)}")
+    video, uri, stride = (fields.get(name) for name in SURPRISE_FIELDS)
+    if video is not None and not isinstance(video, FormFile):
+        raise HTTPException(422, "video must be a file upload (multipart/form-data)")
+    if uri is not None and not isinstance(uri, str):
+        raise HTTPException(422, "uri must be a string: s3://BUCKET/KEY")
+    if (video is None) == (uri is None):
+        either = "not both" if video is not None else "got neither"
+        raise HTTPException(422, f"give either a video upload or a uri, {either}")
+    if stride is not None:
+        if isinstance(stride, str):  # a form field
+            try:
+                stride = int(stride)
+            except ValueError:
+                pass
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise HTTPException(422, f"stride_frames must be a whole number of frames >= 1, got {stride!r}")
+    return video, uri, stride
+
+
 @serve.deployment
 @serve.ingress(app)
 class JepaService:
-    def __init__(self, model_uri: str, max_upload_bytes: int):
+    def __init__(self, model_uri: str, max_upload_bytes: int, max_surprise_frames: int):
         self.info = tracking.resolve_model_version(model_uri)
         self.model, self.cfg = load_model(tracking.download_checkpoint(model_uri))
         self.max_upload_bytes = max_upload_bytes
+        self.max_surprise_frames = max_surprise_frames
         torch.set_num_threads(1)
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.info['name']}/{self.info['version']}"
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_upload_bytes:
+            raise HTTPException(413, f"{what} larger than {self.max_upload_bytes} bytes")
+
+    def _read_upload(self, upload: FormFile) -> bytes:
+        data = upload.file.read(self.max_upload_bytes + 1)
+        self._check_size(len(data), "upload")
+        return data
+
+    def _fetch(self, uri: str) -> bytes:
+        """The object at `uri`, s3:// only: anything else would read the replica's own files."""
+        if not is_s3(uri):
+            raise HTTPException(400, f"uri must name an object as s3://BUCKET/KEY, got {uri!r}")
+        try:
+            if not parse_uri(uri)[1]:
+                raise URIError(f"S3 URI has no object key: {uri!r}")
+            data = get_bytes(uri)
+        except URIError as e:
+            raise HTTPException(400, f"bad uri: {e}") from None
+        except ParamValidationError:  # botocore's own checks, e.g. of the bucket name
+            raise HTTPException(400, f"bad uri: {uri!r} is not a valid S3 bucket and key") from None
+        except FileNotFoundError:
+            raise HTTPException(404, f"no object at {uri}") from None
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 502)
+            message = f"object store refused {uri}: {e.response.get('Error', {}).get('Code', e)}"
+            raise HTTPException(status if status in (400, 403, 404) else 502, message) from None
+        except BotoCoreError as e:
+            raise HTTPException(502, f"object store unavailable: {e}") from None
+        self._check_size(len(data), "object")
+        return data
+
+    def _surprise_setup(self) -> tuple[int, int, str]:
+        """(mask index, context time steps, mask kind) for surprise: the model's future mask config
+        if it has one, else mask token 0 with half of the token time steps as context."""
+        steps = self.model.token_grid[0]
+        index = future_mask_index(self.cfg.masks)
+        if steps < 2:  # an image model
+            raise HTTPException(409, f"model {self.model_name} sees {steps} token time step(s) per clip: "
+                                     f"no future to predict, so no surprise")
+        if index is None:
+            return 0, steps // 2, "multiblock"
+        return index, self.cfg.masks[index].context_steps or steps // 2, "future"
+
+    def _decode_video(self, data: bytes) -> tuple[np.ndarray, bool]:
+        """Up to `max_surprise_frames` frames from the start at the model's fps, and whether the
+        video was longer; 422 if it is shorter than one window."""
+        fps, cap = self.cfg.data.fps, self.max_surprise_frames
+        frames = decode_video(data, fps=fps, size=self.cfg.model.img_size, max_frames=cap + 1)  # +1: longer?
+        window = self.model.token_grid[0] * self.model.encoder.tubelet_size
+        if len(frames) < window:
+            raise HTTPException(422, f"video too short: {len(frames)} frames at {fps:g} fps, but one window "
+                                     f"is {window} frames ({window / fps:g} s)")
+        return frames[:cap], len(frames) > cap
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
@@ -90,24 +215,52 @@ class JepaService:
 
     @app.post("/v1/embed", dependencies=[Depends(_require_token)])
     def embed(self, video: UploadFile = File(...), start_s: float = Form(0.0)) -> dict[str, Any]:
-        data = video.file.read(self.max_upload_bytes + 1)
-        if len(data) > self.max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {self.max_upload_bytes} bytes")
+        data = self._read_upload(video)
         if start_s < 0:
             raise HTTPException(422, "start_s must be >= 0")
         m = self.cfg.model
         t0 = time.perf_counter()
-        try:
+        with _decoding(video.filename or "upload"):
             clip = decode_clip(data, m.num_frames, self.cfg.data.fps, m.img_size, start_s=start_s)
-        except VideoDecodeError as e:
-            raise HTTPException(400, f"could not decode {video.filename or 'upload'}: {e}") from None
         with torch.no_grad():
             tokens = self.model.embed(clips_to_tensor(clip[None], torch.device("cpu")))  # (1, N, D)
         return {
-            "model": f"{self.info['name']}/{self.info['version']}",
+            "model": self.model_name,
             "embedding": tokens.mean(dim=1)[0].tolist(),
             "dim": tokens.shape[-1],
             "token_grid": list(self.model.token_grid),
+            "latency_ms": round(1000 * (time.perf_counter() - t0), 1),
+        }
+
+    @app.post("/v1/surprise", dependencies=[Depends(_require_token)])
+    async def surprise(self, request: Request) -> dict[str, Any]:
+        """A multipart upload (`video`) or a JSON body (`{"uri": "s3://..."}`), `stride_frames`
+        optional in either: one route reads both, so it takes the request as it comes."""
+        media = _media_type(request)
+        if media == "multipart/form-data":
+            async with request.form() as form:
+                return await run_in_threadpool(self._surprise, *_surprise_fields(form))
+        if media == "application/json":
+            return await run_in_threadpool(self._surprise, *_surprise_fields(await _json_object(request)))
+        raise HTTPException(415, f"send multipart/form-data (a video file) or application/json (a uri), "
+                                 f"got {media or 'no Content-Type'}")
+
+    def _surprise(self, upload: FormFile | None, uri: str | None, stride: int | None) -> dict[str, Any]:
+        mask_index, context_steps, kind = self._surprise_setup()
+        data = self._read_upload(upload) if upload is not None else self._fetch(uri)
+        t0 = time.perf_counter()
+        with _decoding(uri or upload.filename or "upload"):
+            frames, truncated = self._decode_video(data)
+        video = clips_to_tensor(frames[None], torch.device("cpu"))[0]  # (3, F, H, W)
+        curve = surprise_curve(self.model, video, context_steps=context_steps, mask_index=mask_index,
+                               stride_frames=stride)
+        return {
+            **curve.as_dict(),
+            "fps": self.cfg.data.fps,
+            "frames": len(frames),
+            "truncated": truncated,
+            "mask": kind,
+            "model": self.model_name,
             "latency_ms": round(1000 * (time.perf_counter() - t0), 1),
         }
 
@@ -120,7 +273,7 @@ def build_app(model_uri: str, cfg: ServeConfig):
             "target_ongoing_requests": cfg.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
-    ).bind(model_uri, int(cfg.max_upload_mb * 2**20))
+    ).bind(model_uri, int(cfg.max_upload_mb * 2**20), cfg.max_surprise_frames)
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:
