@@ -74,3 +74,21 @@ def test_rejects_degenerate_configs():
         MultiBlockMaskGenerator((4, 2, 2), MaskConfig(8, 0.15))
     with pytest.raises(ValueError, match="no context"):
         MultiBlockMaskGenerator((2, 4, 4), MaskConfig(1, 1.0, (1.0, 1.0)))(2, torch.Generator())
+
+
+def test_future_masks_split_the_clip_in_time():
+    from jepa.config import ConfigError, load_config
+    from jepa.masks import mask_generator_for
+
+    grid = (8, 4, 4)
+    m = mask_generator_for(grid, MaskConfig(kind="future", context_steps=3))(2)
+    assert m.context.tolist() == [list(range(3 * 16))] * 2
+    assert m.target.tolist() == [list(range(3 * 16, 8 * 16))] * 2
+    half = mask_generator_for(grid, MaskConfig(kind="future"))(1)  # context_steps 0 = half the steps
+    assert half.context.shape[1] == 4 * 16
+    with pytest.raises(ValueError, match="context_steps"):
+        mask_generator_for(grid, MaskConfig(kind="future", context_steps=8))
+    cfg = load_config(None, ["masks=[{kind: future, context_steps: 2}]"])
+    assert cfg.masks[0].kind == "future"
+    with pytest.raises(ConfigError, match="masks"):
+        load_config(None, ["masks=[{kind: past}]"])
