@@ -4,25 +4,17 @@ registers one, served by Ray Serve over HTTP, videos uploaded or read from Seawe
 import functools
 import math
 import socket
-import tempfile
 
 import pytest
 import requests
-import torch
 
-from jepa.checkpoint import save_model
-from jepa.config import load_config
-from jepa.model import build_jepa
 from pipelines.storage import put_bytes
 from pipelines.synth_physics import PhysicsConfig, make_video
+from tiny_models import register_tiny
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "test-token"
-TINY = [  # clips of 8 frames at 8 fps, 32 px: a (4, 4, 4) token grid, tubelet 2
-    "model.img_size=32", "model.num_frames=8", "model.patch_size=8",
-    "model.pred_depth=1", "model.pred_embed_dim=64", "model.pred_num_heads=2",
-]
 # context_steps=1 (2 frames), not the default half (2 steps, 4 frames): the answer shows which was used
 FUTURE_MASKS = "masks=[{num_blocks: 8, spatial_scale: 0.15}, {kind: future, context_steps: 1}]"
 WINDOW, STRIDE, FRAMES = 8, 2, 24  # frames of a window, of the default stride (one tubelet), of _video()
@@ -36,20 +28,7 @@ def _video(seconds: float = FRAMES / 8, seed: int = 1) -> bytes:
 
 
 def _register(name: str, overrides: list[str]) -> str:
-    """An untrained tiny model registered like `pretrain` registers one (same run params, same
-    pyfunc with the checkpoint folder inside), without the cost of Ray Train."""
-    from ray_jobs import tracking
-    from ray_jobs.training.registration import register_model
-
-    cfg = load_config("configs/tiny.yaml", TINY + overrides + ["tracking.experiment=surprise-serve"])
-    torch.manual_seed(0)
-    model = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
-    run_id = tracking.start_run(cfg.tracking.experiment, cfg.to_dict(), {})
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, cfg, tmp)
-        register_model(run_id, tmp, registered_model=name, alias="candidate", python_model=tracking.JepaPyfunc(),
-                       signature=tracking.model_signature(cfg, model.encoder.embed_dim))
-    return f"models:/{name}@candidate"
+    return register_tiny(name, overrides, experiment="surprise-serve")
 
 
 @pytest.fixture(scope="module")
