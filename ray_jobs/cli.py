@@ -42,8 +42,26 @@ def _synth_physics(args: argparse.Namespace) -> None:
     from pipelines.synth_physics import PhysicsConfig, synthesize
 
     cfg = PhysicsConfig(size=args.size, fps=args.fps, seconds=args.seconds)
-    written = synthesize(args.videos, args.out, seed=args.seed, cfg=cfg)
-    print(f"wrote {len(written)} videos (+ state sidecars) to {args.out}")
+    if args.videos is not None:
+        written = synthesize(args.videos, args.out, seed=args.seed, cfg=cfg)
+        print(f"wrote {len(written)} videos (+ state sidecars) to {args.out}")
+        return
+    from pipelines.physics_pairs import PAIR_TYPES, onset_window, synthesize_pairs, type_config
+
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    unknown = sorted(set(types) - set(PAIR_TYPES))
+    if unknown or not types:
+        raise UsageError(f"--types: unknown {unknown or 'empty list'}; choose from {','.join(PAIR_TYPES)}")
+    if args.pairs < 1:
+        raise UsageError(f"--pairs must be >= 1, got {args.pairs}")
+    try:
+        for t in types:
+            onset_window(type_config(cfg, t))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    table = synthesize_pairs(args.pairs, args.out, seed=args.seed, cfg=cfg, types=types)
+    print(f"wrote {table.num_rows} pairs ({args.pairs} each of {','.join(types)}; 2 videos + 2 state sidecars each) "
+          f"and pairs.parquet to {args.out}")
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -76,6 +94,48 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
 
 
+def _eval_output(args: argparse.Namespace, evaluated, report, record) -> None:
+    """What every `jepa eval` command prints and writes: a table (or --json), --report, MLflow."""
+    import contextlib
+    from pathlib import Path
+
+    from ray_jobs.tracking import run_url
+
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links: keep stdout for the result
+        run_id = None if args.no_mlflow else record(evaluated, report)
+    if args.report:
+        Path(args.report).write_text(report.markdown())
+    if args.json:
+        print(json.dumps(report.as_dict() | {"mlflow_run_id": run_id}, indent=2))
+        return
+    print(report.markdown().split("\n\n", 1)[1].rstrip())
+    if run_id:
+        print(f"\nMLflow evaluation run: {run_url(run_id)}")
+
+
+def _eval_surprise(args: argparse.Namespace) -> None:
+    from ray_jobs.eval_runs import load_evaluated_model
+    from ray_jobs.eval_surprise import evaluate_surprise, record
+
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise UsageError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+    if args.stride_frames is not None and args.stride_frames < 1:
+        raise UsageError(f"--stride-frames must be >= 1, got {args.stride_frames}")
+    evaluated = load_evaluated_model(args.model)
+    report = evaluate_surprise(evaluated, args.pairs, max_pairs=args.max_pairs, stride_frames=args.stride_frames,
+                               progress=not args.no_progress)
+    _eval_output(args, evaluated, report, record)
+
+
+def _eval_probe(args: argparse.Namespace) -> None:
+    from ray_jobs.eval_probe import evaluate_probes, record
+    from ray_jobs.eval_runs import load_evaluated_model
+
+    evaluated = load_evaluated_model(args.model)
+    report = evaluate_probes(evaluated, args.dataset, max_videos=args.max_videos, progress=not args.no_progress)
+    _eval_output(args, evaluated, report, record)
+
+
 def _config(args: argparse.Namespace) -> None:
     from ray_jobs.config_reference import reference_markdown, resolved_yaml
 
@@ -86,7 +146,7 @@ def _serve_deploy(args: argparse.Namespace) -> None:
     from ray_jobs.serve_app import deploy, load_serve_config
 
     url = deploy(args.model, load_serve_config(args.config, args.overrides))
-    print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed)")
+    print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed, POST {url}/v1/surprise)")
 
 
 def _serve_status(args: argparse.Namespace) -> None:
@@ -154,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stack_parser(sub)
-    for add in (_add_synth, _add_ingest, _add_pretrain, _add_config, _add_serve, _add_models, _add_demo):
+    for add in (_add_synth, _add_ingest, _add_pretrain, _add_eval, _add_config, _add_serve, _add_models,
+                _add_demo):
         add(sub)
     return parser
 
 
 def _add_synth(sub) -> None:
+    from pipelines.physics_pairs import DEFAULT_ONSET_RANGE_S, PAIR_TYPES
     from pipelines.synth_physics import PhysicsConfig
 
     synth = sub.add_parser("synth", help="generate synthetic training worlds")
@@ -167,7 +229,13 @@ def _add_synth(sub) -> None:
     physics = synth_sub.add_parser("physics", help="balls under gravity with collisions and occluders",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     world = PhysicsConfig()
-    physics.add_argument("--videos", type=int, required=True, help="number of videos")
+    what = physics.add_mutually_exclusive_group(required=True)
+    what.add_argument("--videos", type=int, help="number of videos (training data)")
+    lo, hi = DEFAULT_ONSET_RANGE_S
+    what.add_argument("--pairs", type=int,
+                      help=f"matched possible/impossible video pairs per type, for surprise evaluation; the "
+                           f"violation starts at {lo}-{hi} s, so videos need ~0.5 s more (docs/physics-pairs.md)")
+    physics.add_argument("--types", default=",".join(PAIR_TYPES), help="with --pairs: comma-separated pair types")
     physics.add_argument("--out", required=True, help="s3://BUCKET/PREFIX or a local folder")
     physics.add_argument("--seed", type=int, default=0, help="the same seed gives the same videos")
     physics.add_argument("--size", type=int, default=world.size, help="frame side in pixels")
@@ -205,6 +273,42 @@ def _add_pretrain(sub) -> None:
                           "name; relaunching with the same name resumes the run (default: a new run each time)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
     pre.set_defaults(func=_pretrain)
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="what a trained model learned: surprise on violation pairs, frozen probes")
+    ev_sub = ev.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True,
+                       help="models:/NAME@ALIAS, models:/NAME/VERSION or a local checkpoint folder")
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+        p.add_argument("--report", metavar="FILE.md", help="also write the report as Markdown")
+        p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow evaluation run")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+
+    sur = ev_sub.add_parser("surprise", help="pairwise accuracy on possible/impossible video pairs",
+                            description="Score matched possible/impossible pairs (`jepa synth physics --pairs`) "
+                                        "by surprise: the trained model, the same architecture at random "
+                                        "initialisation and a pixel extrapolator, per violation type, with "
+                                        "bootstrap 95% intervals. Logged to MLflow experiment jepa-eval.")
+    common(sur)
+    sur.add_argument("--pairs", required=True, help="s3://BUCKET/PREFIX (or a folder) holding pairs.parquet")
+    sur.add_argument("--max-pairs", type=int, help="score only the first N pairs of each type")
+    sur.add_argument("--stride-frames", type=int, help="frames between windows (default: one tubelet)")
+    sur.set_defaults(func=_eval_surprise)
+
+    pro = ev_sub.add_parser("probe", help="attentive probes on a frozen encoder vs random init and pixels",
+                            description="Train attentive probes on the frozen encoder's features to read "
+                                        "ground truth from the physics sidecars (ball count, mean speed, a "
+                                        "ball's position), best of several (lr, wd) heads on validation, "
+                                        "reported on test with bootstrap 95% intervals; compared with a "
+                                        "random-init encoder and raw pixels.")
+    common(pro)
+    pro.add_argument("--dataset", required=True,
+                     help="s3://BUCKET/PREFIX (or a folder) of physics videos with .state.parquet sidecars")
+    pro.add_argument("--max-videos", type=int, help="use at most N videos")
+    pro.set_defaults(func=_eval_probe)
 
 
 def _add_config(sub) -> None:
