@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup lock demo test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
+.PHONY: help setup lock demo physics test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ lock: ## regenerate requirements.lock (runtime) and requirements-dev.lock (+ [de
 
 demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
 	$(JEPA) demo
+
+physics: setup ## intuitive-physics recipe (<= 60 min on 2 CPU cores): pretrain, then surprise on violation pairs and attentive probes
+	$(JEPA) demo --recipe physics
 
 # Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
 # a test file per worker at a time (module fixtures train once): the suite mostly waits on servers.

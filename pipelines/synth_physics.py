@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +74,8 @@ class PhysicsConfig:
     """Integration steps per frame; keeps fast balls from tunnelling through each other."""
     crf: int = 18
     """x264 quality (lower is better); small balls need a low value to stay crisp."""
+    background: Literal["textured", "plain"] = "textured"
+    """textured: a random two-colour pattern (noise, stripes or checker); plain: one muted colour."""
 
     @property
     def n_frames(self) -> int:
@@ -114,8 +117,10 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A two-colour pattern (smooth noise, stripes or checker) with muted random colours."""
+def _background(size: int, rng: np.random.Generator, plain: bool = False) -> np.ndarray:
+    """A two-colour pattern (smooth noise, stripes or checker) with muted random colours, or one colour."""
+    if plain:
+        return np.broadcast_to(rng.uniform(0.1, 0.6, size=3), (size, size, 3)).astype(np.float32)
     coords = (np.arange(size) + 0.5) / size
     x, y = coords[None, :], coords[:, None]
     kind = rng.integers(3)
@@ -165,7 +170,7 @@ def sample_scene(cfg: PhysicsConfig, rng: np.random.Generator) -> Scene:
         velocity=velocity,
         occluders=occluders,
         occluder_color=occluder_color,
-        background=_background(cfg.size, rng),
+        background=_background(cfg.size, rng, plain=cfg.background == "plain"),
     )
 
 

@@ -202,9 +202,14 @@ def _models_list(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if args.recipe == "physics":
+        from ray_jobs.physics_recipe import run_physics
+
+        run_physics(config=args.config or "configs/physics.yaml", overrides=args.overrides, report=args.report)
+        return
     from ray_jobs.demo import run_demo
 
-    run_demo(videos=args.videos, config=args.config, overrides=args.overrides)
+    run_demo(videos=args.videos, config=args.config or "configs/tiny.yaml", overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,9 +359,14 @@ def _add_models(sub) -> None:
 
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="the whole flow end to end on the embedded stack",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate")
-    demo.add_argument("--config", default="configs/tiny.yaml", help="pretraining config")
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          description="embed (default): synthesise, pretrain, register, serve, embed over HTTP. "
+                                      "physics: synthesise training videos, violation pairs and probe videos, "
+                                      "pretrain with configs/physics.yaml, then `eval surprise` and `eval probe`.")
+    demo.add_argument("--recipe", choices=("embed", "physics"), default="embed", help="which flow to run")
+    demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate (embed)")
+    demo.add_argument("--config", help="pretraining config; None = configs/tiny.yaml (embed) or configs/physics.yaml (physics)")
+    demo.add_argument("--report", default="physics-report.md", help="Markdown report of the physics recipe")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining config overrides")
     demo.set_defaults(func=_demo)
 
