@@ -51,7 +51,7 @@ lock: ## regenerate requirements.lock (runtime) and requirements-dev.lock (+ [de
 demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
 	$(JEPA) demo
 
-physics: setup ## intuitive-physics recipe (<= 60 min on 2 CPU cores): pretrain, then surprise on violation pairs and attentive probes
+physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (over an hour on 2 CPU cores: BENCHMARKS.md)
 	$(JEPA) demo --recipe physics
 
 # Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
