@@ -10,6 +10,11 @@ the pooled vector to the task's output. Only the head trains, so:
   same mini-batches; the best head on the validation split is reported on the test split with a
   bootstrap 95% interval over test examples (`jepa.stats.bootstrap`).
 
+Given the token grid, the probe also sees each token's position (`token_positions`): our encoder
+has RoPE and no position table, so its features need not say where a token is, and pixel tokens
+cannot; an attention pool is blind to token order, so without positions it could not read out
+where (or when) anything is.
+
 Single-query attention is computed in the input space (see `AttentiveProbe.query_in`): the keys and
 values of N tokens are never materialised, so a head costs O(B N D) per step instead of
 O(B N D^2). That is what makes a grid of heads on 1536-d pixel tokens cheap on a CPU.
@@ -34,10 +39,13 @@ RegressionLoss = Literal["mse", "smooth_l1"]
 
 LN_EPS = 1e-6
 INIT_STD = 0.02
-# (lr, weight decay) pairs trained side by side, within the V-JEPA 2 probe sweep's range; on a few
-# hundred clips the heads overfit within epochs, so low rates and a strong decay are in the grid.
+POSITION_FREQS = (1.0, 2.0, 4.0)
+"""Frequencies (half-periods per clip side) of the probe's token position features."""
+# (lr, weight decay) pairs trained side by side. On a few hundred clips the heads that learn
+# anything general need the higher rates (1e-2 won most position probes) and overfit within epochs
+# at any decay; keeping each head's best val epoch (`train_probes`) handles the latter.
 DEFAULT_GRID: tuple[tuple[float, float], ...] = tuple(
-    (lr, wd) for lr in (1e-4, 3e-4, 1e-3, 3e-3) for wd in (0.01, 0.4)
+    (lr, wd) for lr in (3e-4, 1e-3, 3e-3, 1e-2) for wd in (0.01, 0.4)
 )
 
 
@@ -101,27 +109,47 @@ def pixel_features(clips: Tensor, patch_size: int, tubelet_size: int) -> Tensor:
 # --- the probe --------------------------------------------------------------------------------
 
 
+def token_positions(grid: tuple[int, int, int], freqs: Sequence[float] = POSITION_FREQS) -> Tensor:
+    """Where each token of a (T', H', W') grid is, in the encoder's (t, h, w)-major order, as probe
+    input features (N, 3 + 6 * len(freqs)): the token centre's (t, y, x) in [0, 1], and their sines
+    and cosines at a few frequencies.
+
+    Pixel tokens carry no position, and a RoPE encoder (no position table) has no reason to write
+    absolute position into its features; a pooling probe is blind to token order, so without these
+    it cannot say where or when anything is. With them, attention-pooling the coordinates of the
+    tokens a head attends to reads out the attended thing's position.
+    """
+    axes = [(torch.arange(n) + 0.5) / n for n in grid]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3)
+    angles = math.pi * coords[:, :, None] * torch.tensor(freqs, dtype=torch.float32)  # (N, 3, F)
+    return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)  # (N, 3 + 6F)
+
+
 class AttentiveProbe(nn.Module):
     """One learned query cross-attends to the tokens (pre-norm block: attention + MLP, each with
     a residual), then a linear head: features (B, N, in_dim) -> (B, out_dim).
 
-    `width` is the query's residual stream; keys and values project in_dim -> width, so inputs of
-    any size (e.g. 1536-d pixel tokens) share one head design.
+    `width` is the query's residual stream; keys and values project the tokens to it, so inputs of
+    any size (e.g. 1536-d pixel tokens) share one head design. With `token_grid`, each layer-normed
+    token is extended by its position features (`token_positions`) before the keys and values.
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int | None = None, num_heads: int = 4,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, token_grid: tuple[int, int, int] | None = None):
         super().__init__()
         width = width or in_dim
         if width % num_heads:
             raise ValueError(f"probe width {width} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        positions = token_positions(token_grid) if token_grid is not None else torch.zeros(0, 0)
+        self.register_buffer("positions", positions, persistent=False)  # (N, P); P = 0 without a grid
+        kv_dim = in_dim + positions.shape[1]
         self.query = nn.Parameter(torch.zeros(width))
-        self.norm_kv = nn.LayerNorm(in_dim, eps=LN_EPS)
+        self.norm_kv = nn.LayerNorm(kv_dim, eps=LN_EPS)  # its affine also scales the position features
         self.q_proj = nn.Linear(width, width)
         # A key bias adds the same logit to every token of a head: softmax cancels it, so none.
-        self.k_proj = nn.Linear(in_dim, width, bias=False)
-        self.v_proj = nn.Linear(in_dim, width)
+        self.k_proj = nn.Linear(kv_dim, width, bias=False)
+        self.v_proj = nn.Linear(kv_dim, width)
         self.o_proj = nn.Linear(width, width)
         self.norm_mlp = nn.LayerNorm(width, eps=LN_EPS)
         hidden = int(width * mlp_ratio)
@@ -140,31 +168,40 @@ class AttentiveProbe(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, N, in_dim) -> (B, out_dim)."""
-        x_hat = F.layer_norm(x, x.shape[-1:], eps=LN_EPS)  # (B, N, in_dim), affine folded in below
-        return self.readout(attend(x_hat, self.query_in()))
+        return self.readout(attend(self.tokens(x), self.query_in()))
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Features (B, N, in_dim) -> layer-normed without affine (folded in below), with position
+        features appended if the probe has a grid: (B, N, in_dim + P)."""
+        x_hat = F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
+        if self.positions.shape[1] == 0:
+            return x_hat
+        if x.shape[1] != self.positions.shape[0]:
+            raise ValueError(f"{x.shape[1]} tokens, but the probe's token grid has {self.positions.shape[0]}")
+        return torch.cat([x_hat, self.positions.expand(x.shape[0], -1, -1)], dim=-1)
 
     # Multi-head attention from a single query factors through the input space. With the token
     # norm's affine (g, b), the logit of token n in head h is q_h . K_h (g * x_hat_n + b)
     # = (g * K_h^T q_h) . x_hat_n + const, and the constant (the same for every token) cancels in
     # the softmax; the head's output is V_h (g * sum_n a_hn x_hat_n + b) + c_h, since the weights
     # a_hn sum to 1. So the query is mapped into input space once (`query_in`), tokens are pooled
-    # there (`attend`), and only the pooled (B, h, in_dim) vectors are projected (`readout`):
+    # there (`attend`), and only the pooled (B, h, kv_dim) vectors are projected (`readout`):
     # standard attention, without forming (B, N, width) keys and values.
 
     def query_in(self) -> Tensor:
-        """Each attention head's query as a vector over layer-normed (affine-free) tokens: (h, in_dim)."""
+        """Each attention head's query as a vector over `tokens(x)` (affine-free): (h, kv_dim)."""
         h, width = self.num_heads, self.query.shape[0]
         d = width // h
         q = self.q_proj(self.query).view(h, d)  # (h, d)
-        k = self.k_proj.weight.view(h, d, -1)  # (h, d, in_dim)
-        return torch.einsum("hd,hdi->hi", q, k) * self.norm_kv.weight / math.sqrt(d)  # (h, in_dim)
+        k = self.k_proj.weight.view(h, d, -1)  # (h, d, kv_dim)
+        return torch.einsum("hd,hdi->hi", q, k) * self.norm_kv.weight / math.sqrt(d)  # (h, kv_dim)
 
     def readout(self, pooled: Tensor) -> Tensor:
-        """Attention-pooled normed tokens (B, h, in_dim) -> (B, out_dim): norm affine, values,
+        """Attention-pooled `tokens(x)` (B, h, kv_dim) -> (B, out_dim): norm affine, values,
         output projection, residual MLP and the linear head."""
         B, h, _ = pooled.shape
         width = self.query.shape[0]
-        pooled = pooled * self.norm_kv.weight + self.norm_kv.bias  # (B, h, in_dim) = sum_n a_hn LN(x)_n
+        pooled = pooled * self.norm_kv.weight + self.norm_kv.bias  # (B, h, kv_dim) = sum_n a_hn LN(x)_n
         v = torch.einsum("bhi,hdi->bhd", pooled, self.v_proj.weight.view(h, width // h, -1))  # (B, h, d)
         v = v + self.v_proj.bias.view(h, -1)
         y = self.query + self.o_proj(v.reshape(B, width))  # (B, width)
@@ -199,7 +236,7 @@ class ProbeBank(nn.Module):
         self.probes = nn.ModuleList(probes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x_hat = F.layer_norm(x, x.shape[-1:], eps=LN_EPS)  # (B, N, D): heads' norms differ only by affine
+        x_hat = self.probes[0].tokens(x)  # (B, N, D + P): the same for every head (they differ by affine)
         queries = [probe.query_in() for probe in self.probes]  # H x (h, D)
         pooled = attend(x_hat, torch.cat(queries)).split([len(q) for q in queries], dim=1)  # H x (B, h, D)
         return torch.stack([probe.readout(p) for probe, p in zip(self.probes, pooled)])  # (H, B, out_dim)
@@ -260,7 +297,7 @@ class ProbeFit:
     bank: ProbeBank
     grid: list[tuple[float, float]]
     val_scores: list[float]
-    """`task.metric` of each head on the validation split, in grid order."""
+    """`task.metric` of each head on the validation split (at its kept epoch), in grid order."""
     best: int
     """Index of the head with the best validation score (the first on ties)."""
     y_mean: Tensor | None = None
@@ -329,6 +366,7 @@ def train_probes(
     seed: int = 0,
     width: int | None = None,
     num_heads: int = 4,
+    token_grid: tuple[int, int, int] | None = None,
     warmup_fraction: float = 0.1,
     keep_best_epoch: bool = True,
     device: str | torch.device = "cpu",
@@ -338,7 +376,8 @@ def train_probes(
 
     All heads see the same shuffled mini-batches (seeded) under a warmup + cosine schedule;
     features may be cached in a low-precision dtype, batches are cast to float32.
-    `width` is the probes' residual width (default: the feature width D). With `keep_best_epoch`
+    `width` is the probes' residual width (default: the feature width D); `token_grid` (T', H', W')
+    of the features' tokens gives the probes their positions (`token_positions`). With `keep_best_epoch`
     each head keeps its weights from the epoch it scored best on val (early stopping): on a few
     hundred clips heads overfit within epochs, and a head that learns nothing general then stays
     near the train mean (R^2 ~ 0) instead of reporting its overfit (R^2 < 0).
@@ -353,7 +392,7 @@ def train_probes(
         y = (y - y_mean) / y_std
 
     bank = ProbeBank(train_feats.shape[-1], task.out_dim, len(grid), seed=seed, width=width,
-                     num_heads=num_heads).to(device)
+                     num_heads=num_heads, token_grid=token_grid).to(device)
     optimizer = bank.make_optimizer(grid)
     n = len(train_feats)
     steps_per_epoch = math.ceil(n / batch_size)

@@ -69,6 +69,8 @@ class ProbeResult:
     weight_decay: float
     val: float
     """`metric` of the chosen head on the validation split."""
+    epoch: int
+    """The epoch whose weights the chosen head kept (its best on val)."""
     test: Estimate
     """`metric` on the test split with its bootstrap 95% interval over test videos."""
     extra: dict[str, Estimate] = field(default_factory=dict)
@@ -76,7 +78,7 @@ class ProbeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "encoder": self.encoder, "metric": self.metric, "lr": self.lr,
-                "weight_decay": self.weight_decay, "val": self.val, "test": self.test.as_dict(),
+                "weight_decay": self.weight_decay, "val": self.val, "epoch": self.epoch, "test": self.test.as_dict(),
                 **{name: est.as_dict() for name, est in self.extra.items()}}
 
 
@@ -103,7 +105,7 @@ class ProbeReport:
         rows = []
         for r in self.results:
             row = {"task": r.task, "encoder": r.encoder, "metric": r.metric, "lr": r.lr,
-                   "weight_decay": r.weight_decay, "val": r.val, "test": r.test.value,
+                   "weight_decay": r.weight_decay, "val": r.val, "epoch": r.epoch, "test": r.test.value,
                    "test_low": r.test.low, "test_high": r.test.high, "n_test": r.test.n}
             for name, est in r.extra.items():
                 row |= {name: est.value, f"{name}_low": est.low, f"{name}_high": est.high}
@@ -288,8 +290,8 @@ def majority_accuracy(data: ProbeData, tasks: list[ProbeTask]) -> dict[str, floa
 
 def probe_encoder(
     feats: Tensor, data: ProbeData, tasks: list[ProbeTask], encoder: str, *,
-    grid: list[tuple[float, float]], epochs: int, batch_size: int, width: int, seed: int,
-    device: str | torch.device, progress: bool = True,
+    grid: list[tuple[float, float]], epochs: int, batch_size: int, width: int, token_grid: tuple[int, int, int],
+    seed: int, device: str | torch.device, progress: bool = True,
 ) -> list[ProbeResult]:
     """Train and score each task's grid of probes on one encoder's cached features."""
     idx = {s: torch.as_tensor(data.indices(s)) for s in SPLITS}
@@ -297,10 +299,12 @@ def probe_encoder(
     for task in tqdm(tasks, desc=f"probes {encoder}", unit="task", disable=not progress):
         y = task_targets(data.labels, task.name)
         fit = train_probes(feats[idx["train"]], y[idx["train"]], feats[idx["val"]], y[idx["val"]], task, grid,
-                           epochs=epochs, batch_size=batch_size, seed=seed, width=width, device=device)
+                           epochs=epochs, batch_size=batch_size, seed=seed, width=width, token_grid=token_grid,
+                           device=device)
         ev = evaluate(fit, feats[idx["test"]], y[idx["test"]], seed=seed)
         lr, wd = fit.best_setting
-        results.append(ProbeResult(task.name, encoder, task.metric, lr, wd, fit.best_val, ev.test, ev.extra))
+        results.append(ProbeResult(task.name, encoder, task.metric, lr, wd, fit.best_val,
+                                   fit.best_epochs[fit.best], ev.test, ev.extra))
     return results
 
 
@@ -348,6 +352,7 @@ def _evaluate_probes(
                          f"(use more videos)")
     tasks = physics_tasks(data.labels)
     width = evaluated.model.encoder.embed_dim  # the same probe size on every encoder (pixels too)
+    # Every encoder's tokens (pixels too) lie on the model's grid; probes get their positions from it.
 
     results: list[ProbeResult] = []
     extractors = feature_extractors(evaluated.model, cfg, device)
@@ -358,7 +363,8 @@ def _evaluate_probes(
         seconds[f"features.{encoder}"] = time.perf_counter() - t
         t = time.perf_counter()
         results += probe_encoder(feats, data, tasks, encoder, grid=grid, epochs=epochs, batch_size=batch_size,
-                                 width=width, seed=cfg.train.seed, device=device, progress=progress)
+                                 width=width, token_grid=evaluated.model.token_grid, seed=cfg.train.seed,
+                                 device=device, progress=progress)
         seconds[f"probes.{encoder}"] = time.perf_counter() - t
         del feats
     seconds["total"] = time.perf_counter() - t0
@@ -366,13 +372,15 @@ def _evaluate_probes(
     m = cfg.model
     settings = {"num_frames": m.num_frames, "fps": cfg.data.fps, "img_size": m.img_size, "epochs": epochs,
                 "batch_size": batch_size, "grid": [list(g) for g in grid], "probe_width": width,
+                "token_grid": list(evaluated.model.token_grid),
                 "videos": counts, "skipped": data.skipped, "split_salt": SPLIT_SALT,
                 "majority_class_accuracy": majority_accuracy(data, tasks)}
     return ProbeReport(evaluated.label, dataset_uri, settings, results, seconds)
 
 
 def figures(report: ProbeReport) -> dict[str, Any]:
-    """Test metric per task and encoder, with the 95% intervals."""
+    """Test metric per task and encoder, with the 95% intervals; dashed: the most common class's
+    accuracy, or R^2 = 0."""
     from matplotlib.figure import Figure
 
     tasks = list(dict.fromkeys(r.task for r in report.results))
@@ -382,6 +390,8 @@ def figures(report: ProbeReport) -> dict[str, Any]:
         est = [report.result(task, e).test for e in encoders]
         err = [[e.value - e.low for e in est], [e.high - e.value for e in est]]
         ax.bar(encoders, [e.value for e in est], yerr=err, capsize=3, color=["C0", "C1", "C2"][: len(est)])
+        floor = report.settings.get("majority_class_accuracy", {}).get(task, 0.0)  # R^2: 0 = the train mean
+        ax.axhline(floor, color="grey", linestyle="--", linewidth=1)
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(report.result(task, encoders[0]).metric)
     return {"probe/test_metrics.png": fig}

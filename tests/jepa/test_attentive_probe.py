@@ -16,6 +16,7 @@ from jepa.probe import (
     evaluate,
     pixel_features,
     r2_score,
+    token_positions,
     train_probes,
 )
 from jepa.vit import PatchEmbed3D
@@ -36,12 +37,15 @@ def separable(n: int, seed: int, tokens: int = 16, dim: int = 32):
     return x, y_cls, y_reg
 
 
-def reference_forward(probe: AttentiveProbe, x: torch.Tensor) -> torch.Tensor:
+def reference_forward(probe: AttentiveProbe, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """The textbook block: keys and values of every token, scaled dot-product attention."""
     B, N, _ = x.shape
     h, width = probe.num_heads, probe.query.shape[0]
     d = width // h
-    kv = probe.norm_kv(x)
+    tokens = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+    if positions is not None:
+        tokens = torch.cat([tokens, positions.expand(B, -1, -1)], dim=-1)
+    kv = tokens * probe.norm_kv.weight + probe.norm_kv.bias
     q = probe.q_proj(probe.query).view(1, h, 1, d).expand(B, -1, -1, -1)
     k = probe.k_proj(kv).view(B, N, h, d).transpose(1, 2)
     v = probe.v_proj(kv).view(B, N, h, d).transpose(1, 2)
@@ -51,18 +55,53 @@ def reference_forward(probe: AttentiveProbe, x: torch.Tensor) -> torch.Tensor:
     return probe.head(probe.norm_out(y))
 
 
-def test_factored_attention_equals_standard_attention():
+@pytest.mark.parametrize("grid", [None, (2, 1, 5)])
+def test_factored_attention_equals_standard_attention(grid):
     torch.manual_seed(0)
-    probe = AttentiveProbe(in_dim=48, out_dim=3, width=32, num_heads=4)
+    probe = AttentiveProbe(in_dim=48, out_dim=3, width=32, num_heads=4, token_grid=grid)
     with torch.no_grad():  # a non-trivial norm affine, as after training
         probe.norm_kv.weight.normal_()
         probe.norm_kv.bias.normal_()
         probe.query.normal_()
     x = torch.randn(5, 10, 48) * 3 + 1
-    torch.testing.assert_close(probe(x), reference_forward(probe, x), atol=1e-5, rtol=1e-5)
-    bank = ProbeBank(48, 3, 2, width=32, num_heads=4)
+    positions = token_positions(grid) if grid else None
+    torch.testing.assert_close(probe(x), reference_forward(probe, x, positions), atol=1e-5, rtol=1e-5)
+    bank = ProbeBank(48, 3, 2, width=32, num_heads=4, token_grid=grid)
     bank.probes[0].load_state_dict(probe.state_dict())
-    torch.testing.assert_close(bank(x)[0], reference_forward(probe, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bank(x)[0], reference_forward(probe, x, positions), atol=1e-5, rtol=1e-5)
+    if grid:
+        with pytest.raises(ValueError, match="token grid"):
+            probe(torch.randn(5, 11, 48))
+
+
+def test_token_positions_follow_the_token_order():
+    pos = token_positions((2, 3, 4), freqs=(1.0,))
+    assert pos.shape == (24, 3 + 6)
+    # token n = (t * 3 + h) * 4 + w, as the encoder and pixel_features order them; centres in [0, 1]
+    assert pos[0, :3].tolist() == pytest.approx([0.25, 1 / 6, 0.125])
+    assert pos[(1 * 3 + 2) * 4 + 3, :3].tolist() == pytest.approx([0.75, 5 / 6, 0.875])
+    torch.testing.assert_close(pos[:, 3:6], torch.sin(torch.pi * pos[:, :3]))
+
+
+def where_is_the_blob(n: int, seed: int):
+    """The same content at every token but one "blob" token at a random (h, w) cell of a (2, 4, 4)
+    grid (both time steps); the target is the blob's (y, x). Content alone cannot say where it is."""
+    g = torch.Generator().manual_seed(seed)
+    background, blob = torch.randn(2, 16, generator=torch.Generator().manual_seed(9))
+    x = background.repeat(n, 32, 1)  # (n, N, D)
+    cell = torch.randint(0, 16, (n,), generator=g)
+    for t in range(2):
+        x[torch.arange(n), t * 16 + cell] = blob
+    y = torch.stack([(cell // 4 + 0.5) / 4, (cell % 4 + 0.5) / 4], dim=1)  # (n, 2)
+    return x, y
+
+
+def test_positions_let_a_probe_say_where():
+    (train_x, train_y), (val_x, val_y) = where_is_the_blob(256, 1), where_is_the_blob(64, 2)
+    grid = [(1e-2, 0.01)]
+    blind = train_probes(train_x, train_y, val_x, val_y, REGRESS, grid, epochs=15, seed=0)
+    seeing = train_probes(train_x, train_y, val_x, val_y, REGRESS, grid, epochs=15, seed=0, token_grid=(2, 4, 4))
+    assert blind.best_val < 0.2 and seeing.best_val > 0.8
 
 
 def test_pixel_features_follow_the_encoders_token_grid():

@@ -38,10 +38,11 @@ def test_report_on_a_tiny_model(setup):
     s = report.settings
     assert sum(s["videos"].values()) == VIDEOS and min(s["videos"].values()) > 0 and s["skipped"] == 0
     assert (s["num_frames"], s["fps"], s["img_size"], s["epochs"]) == (8, 4.0, 32, 2)
+    assert s["token_grid"] == [4, 4, 4]  # 8 frames / tubelet 2, 32 px / patch 8: the probes' positions
     assert set(s["majority_class_accuracy"]) == {"num_balls"} and 0 <= s["majority_class_accuracy"]["num_balls"] <= 1
     assert {(r.task, r.encoder) for r in report.results} == {(t, e) for t in TASKS for e in ENCODERS}
     for r in report.results:
-        assert (r.lr, r.weight_decay) in [(1e-3, 0.01), (3e-3, 0.4)]
+        assert (r.lr, r.weight_decay) in [(1e-3, 0.01), (3e-3, 0.4)] and r.epoch in (1, 2)
         assert r.test.n == s["videos"]["test"]
         assert r.test.low <= r.test.value <= r.test.high
         assert r.metric == ("accuracy" if r.task == "num_balls" else "r2")
