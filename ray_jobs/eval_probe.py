@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from jepa.config import RunConfig
-from jepa.model import JEPA, build_jepa
+from jepa.model import JEPA
 from jepa.probe import DEFAULT_GRID, ProbeTask, evaluate, pixel_features, train_probes
 from jepa.stats import Estimate
 from jepa.transforms import clips_to_tensor
@@ -39,7 +39,7 @@ from pipelines import storage
 from pipelines.keys import stable_hash
 from pipelines.physics_labels import PhysicsLabels, list_physics_videos, physics_tasks, task_targets, video_labels
 from pipelines.video import VideoDecodeError, decode_clip
-from ray_jobs.eval_runs import EvaluatedModel, Table, load_evaluated_model, log_evaluation
+from ray_jobs.eval_runs import EvaluatedModel, Table, load_evaluated_model, log_evaluation, random_init
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +222,6 @@ def load_probe_data(
 
 
 # --- features ---------------------------------------------------------------------------------
-
-
-def random_init(cfg: RunConfig) -> JEPA:
-    """The same architecture at the initial weights its training started from (seeded)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        return build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs).eval()
 
 
 Encode = Callable[[Tensor], Tensor]

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from jepa.checkpoint import load_model
 from jepa.config import RunConfig
-from jepa.model import JEPA
+from jepa.model import JEPA, build_jepa
 from ray_jobs import tracking
 
 EVAL_EXPERIMENT = "jepa-eval"
@@ -44,6 +44,16 @@ def load_evaluated_model(uri: str, device: str = "cpu") -> EvaluatedModel:
         raise FileNotFoundError(f"{uri}: not a models:/ URI or a checkpoint folder")
     model, cfg = load_model(uri, device)
     return EvaluatedModel(model.eval(), cfg, uri, Path(uri).name, None, None)
+
+
+def random_init(cfg: RunConfig) -> JEPA:
+    """The baseline every evaluation compares with: the same architecture at the initial weights
+    its training started from (seeded by `train.seed`; the global RNG is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs).eval()
 
 
 @dataclass

@@ -8,23 +8,21 @@ max or mean over its windows, is higher; accuracies per type come with bootstrap
 
 from __future__ import annotations
 
-import io
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
-import torch
 from tqdm import tqdm
 
-from jepa.model import JEPA, build_jepa
 from jepa.stats import Estimate, bootstrap
 from jepa.surprise import SurpriseCurve, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve
 from jepa.transforms import clips_to_tensor
-from pipelines.storage import get_bytes, join_uri
+from pipelines.physics_pairs import read_pairs
+from pipelines.storage import get_bytes
 from pipelines.video import decode_video
-from ray_jobs.eval_runs import EvaluatedModel, Table, log_evaluation
+from ray_jobs.eval_runs import EvaluatedModel, Table, log_evaluation, random_init
 
 SCORERS = ("trained", "random-init", "pixel")
 STATISTICS = ("max", "mean")
@@ -98,19 +96,8 @@ def _pct(e: Estimate) -> str:
     return f"{100 * e.value:.1f} [{100 * e.low:.0f}, {100 * e.high:.0f}]"
 
 
-def read_pairs(pairs_uri: str) -> list[dict[str, Any]]:
-    table = pq.read_table(io.BytesIO(get_bytes(join_uri(pairs_uri, "pairs.parquet"))))
-    return table.to_pylist()
-
-
 def _decode_pair(row: dict[str, Any], fps: float, size: int) -> tuple[np.ndarray, np.ndarray]:
     return tuple(decode_video(get_bytes(row[k]), fps, size) for k in ("possible_uri", "impossible_uri"))
-
-
-def _random_init(model: JEPA, evaluated: EvaluatedModel) -> JEPA:
-    """The same architecture at the initial weights its training started from."""
-    torch.manual_seed(evaluated.cfg.train.seed)
-    return build_jepa(evaluated.cfg.model, num_mask_configs=evaluated.cfg.num_mask_configs).eval()
 
 
 def evaluate_surprise(
@@ -124,18 +111,23 @@ def evaluate_surprise(
 ) -> SurpriseReport:
     """Score every pair (or the first ``max_pairs`` of each type) with the three scorers."""
     cfg = evaluated.cfg
-    rows = read_pairs(pairs_uri)
+    rows = read_pairs(pairs_uri).to_pylist()
     if max_pairs is not None:
-        seen: dict[str, int] = {}
-        rows = [r for r in rows if seen.setdefault(r["type"], 0) < max_pairs and not seen.update({r["type"]: seen[r["type"]] + 1})]
+        taken: Counter[str] = Counter()
+        kept = []
+        for r in rows:
+            if taken[r["type"]] < max_pairs:
+                taken[r["type"]] += 1
+                kept.append(r)
+        rows = kept
     if not rows:
         raise FileNotFoundError(f"{pairs_uri}/pairs.parquet lists no pairs")
     mask_index = future_mask_index(cfg.masks)
     steps = evaluated.model.token_grid[0]
     context_steps = (cfg.masks[mask_index].context_steps or steps // 2) if mask_index is not None else steps // 2
-    models = {"trained": evaluated.model, "random-init": _random_init(evaluated.model, evaluated)}
+    models = {"trained": evaluated.model, "random-init": random_init(cfg)}
 
-    def score(video: np.ndarray) -> tuple[dict[str, SurpriseCurve]]:
+    def score(video: np.ndarray) -> dict[str, SurpriseCurve]:
         x = clips_to_tensor(video[None])[0]  # (3, F, H, W)
         curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index or 0,
                                        stride_frames=stride_frames) for name, m in models.items()}
