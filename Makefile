@@ -15,12 +15,22 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup lock demo physics test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv from requirements-dev.lock (torch 2.13.0 CPU where pip finds it, Ray, MLflow, PyAV, SeaweedFS, pytest)
+setup: system-deps $(STAMP) ## create .venv from requirements-dev.lock (torch 2.13.0 CPU where pip finds it, Ray, MLflow, PyAV, SeaweedFS, MuJoCo, pytest)
+
+# MuJoCo renders off-screen through Mesa's EGL (llvmpipe, on the CPU): Debian's libegl-mesa0, libgl1
+# and libgl1-mesa-dri. Installed when missing where apt-get can (root, as in CI); a hint elsewhere.
+system-deps:
+	@ldconfig -p | grep -q 'libEGL_mesa.so.0' || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Mesa EGL for MuJoCo rendering (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	    apt-get install -y -qq libegl-mesa0 libgl1 libgl1-mesa-dri >/dev/null; \
+	  else echo "make: MuJoCo rendering needs Mesa EGL: sudo apt-get install libegl-mesa0 libgl1 libgl1-mesa-dri" >&2; fi; }
 
 # requirements-dev.lock holds every runtime pin of requirements.lock plus [dev] (pytest, SeaweedFS's
 # `weed`); the project itself goes in editable, with --no-deps so that only locked versions are used.

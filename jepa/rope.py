@@ -43,9 +43,14 @@ def rope_tables(ids: Tensor, grid: tuple[int, int, int], head_dim: int) -> tuple
     Computed once per forward in float32 and shared by every block; the head axis is a
     broadcast dim.
     """
+    return rope_tables_at(grid_positions(ids, grid), head_dim)
+
+
+def rope_tables_at(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """``rope_tables`` for explicit float (t, h, w) positions (..., N, 3)."""
     d = axis_dim(head_dim)
-    omega = rope_frequencies(d, ids.device)  # (d/2,)
-    angles = grid_positions(ids, grid).unsqueeze(-1) * omega  # (..., N, 3, d/2)
+    omega = rope_frequencies(d, positions.device)  # (d/2,)
+    angles = positions.unsqueeze(-1) * omega  # (..., N, 3, d/2)
     angles = torch.cat((angles, angles), dim=-1).flatten(-2)  # (..., N, 3d): [t | h | w]
     return angles.cos().unsqueeze(-3), angles.sin().unsqueeze(-3)
 

@@ -64,17 +64,51 @@ def _synth_physics(args: argparse.Namespace) -> None:
           f"and pairs.parquet to {args.out}")
 
 
+def _synth_mujoco(args: argparse.Namespace) -> None:
+    from pipelines.mujoco_record import RecordConfig, record
+    from ray_jobs.cluster import connect
+
+    try:
+        cfg = RecordConfig(env=args.env, episodes=args.episodes, steps=args.steps, frameskip=args.frameskip,
+                           img_size=args.img_size, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    connect()
+    episodes = record(cfg, args.out, progress=not args.no_progress)
+    frames = sum(episodes.column("n_frames").to_pylist())
+    print(f"wrote {episodes.num_rows} {cfg.env} episodes ({frames} frames; MP4 + per-frame action/state/reward "
+          f"parquet each) and meta/ to {args.out}")
+
+
+def _ingest_episodes(args: argparse.Namespace) -> None:
+    from pipelines.episode_shards import WindowSpec, ingest_episodes
+    from ray_jobs.cluster import connect
+
+    try:
+        spec = WindowSpec(frames=args.frames or WindowSpec.frames, stride=args.stride)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    connect()
+    summary = ingest_episodes(args.source, args.dataset, spec, episodes_per_shard=args.batch_objects,
+                              progress=not args.no_progress)
+    print(f"{summary['episodes']} episodes -> {summary['windows']} windows of {spec.frames} agent steps in "
+          f"{summary['shards']} shards; {summary['quarantined']} quarantined ({args.dataset}/quarantine.parquet)")
+
+
 def _ingest(args: argparse.Namespace) -> None:
+    from pipelines.episodes import is_episode_dataset
     from pipelines.ingest import check_access, ingest
     from pipelines.shards import ClipSpec
     from ray_jobs.cluster import connect
 
-    try:
-        spec = ClipSpec(fps=args.fps, short_side=args.short_side, frames=args.frames)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
     if args.batch_objects < 1:
         raise UsageError(f"--batch-objects must be >= 1, got {args.batch_objects}")
+    if is_episode_dataset(args.source):
+        return _ingest_episodes(args)
+    try:
+        spec = ClipSpec(fps=args.fps, short_side=args.short_side, frames=args.frames or ClipSpec.frames)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.suffixes.split(",") if s.strip())
     check_access(args.source, args.dataset)  # before Ray starts: fail in a second, not ten
     connect()
@@ -248,22 +282,46 @@ def _add_synth(sub) -> None:
     physics.add_argument("--seconds", type=float, default=world.seconds, help="duration of each video")
     physics.set_defaults(func=_synth_physics)
 
+    from pipelines.mujoco_record import ENVS, RecordConfig
+
+    rec = RecordConfig()
+    mujoco = synth_sub.add_parser("mujoco", help="DeepMind Control episodes: random exploration with actions and "
+                                                 "states (docs/episodes.md)",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    mujoco.add_argument("--env", choices=list(ENVS), default=rec.env, help="environment")
+    mujoco.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    mujoco.add_argument("--out", required=True, help="s3://BUCKET/PREFIX or a local folder")
+    mujoco.add_argument("--steps", type=int, default=rec.steps, help="control steps (frames) per episode")
+    mujoco.add_argument("--frameskip", type=int, default=rec.frameskip,
+                        help="control steps each random action is held (one agent step)")
+    mujoco.add_argument("--img-size", type=int, default=rec.img_size, help="rendered frame side in pixels")
+    mujoco.add_argument("--seed", type=int, default=rec.seed, help="the same seed gives the same episodes")
+    mujoco.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mujoco.set_defaults(func=_synth_mujoco)
+
 
 def _add_ingest(sub) -> None:
+    from pipelines.episode_shards import WindowSpec
     from pipelines.ingest import BATCH_OBJECTS, VIDEO_SUFFIXES
     from pipelines.shards import ClipSpec
 
     ing = sub.add_parser("ingest", help="probe, quarantine and transcode a bucket of video into a training dataset",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     spec = ClipSpec()
-    ing.add_argument("source", metavar="SOURCE", help="s3://BUCKET/PREFIX or a local folder of videos")
+    ing.add_argument("source", metavar="SOURCE",
+                     help="s3://BUCKET/PREFIX or a local folder of videos, or an episode dataset (`jepa synth "
+                          "mujoco`; it has meta/info.json), which becomes windows of frames with their actions")
     ing.add_argument("--dataset", required=True, help="s3://BUCKET/datasets/NAME or a local folder")
     ing.add_argument("--fps", type=float, default=spec.fps, help="frame rate of the training segments")
     ing.add_argument("--short-side", type=int, default=spec.short_side,
                      help="short side of stored frames in pixels (even)")
-    ing.add_argument("--frames", type=int, default=spec.frames, help="frames per training segment")
+    ing.add_argument("--frames", type=int,
+                     help=f"frames per training segment (default {spec.frames}); for episodes, agent steps per "
+                          f"window (default {WindowSpec.frames})")
+    ing.add_argument("--stride", type=int, default=WindowSpec.stride,
+                     help="episodes only: agent steps between the starts of consecutive windows")
     ing.add_argument("--batch-objects", type=int, default=BATCH_OBJECTS,
-                     help="objects per Ray task, and so per shard file")
+                     help="objects (or episodes) per Ray task, and so per shard file")
     ing.add_argument("--suffixes", default=",".join(VIDEO_SUFFIXES),
                      help="comma-separated file suffixes to ingest; other objects are ignored")
     ing.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")

@@ -1,0 +1,103 @@
+"""Planning in representation space: the cross-entropy method (CEM) over action sequences.
+
+Each iteration samples action sequences from a Gaussian (clipped to the env's bounds), scores all
+of them with one batched call of an energy function, and refits the Gaussian to the lowest-energy
+``elites``. With a world model the energy is the L1 distance between the representation the model
+imagines after the sequence and the goal image's (``latent_energy``). Model predictive control
+executes the first ``replan_every`` actions of a plan and plans again from what it then sees;
+nothing here reads the simulator's notion of success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from jepa.ac_predictor import ACPredictor
+
+Energy = Callable[[Tensor], Tensor]
+"""(S, H, A) action sequences -> (S,) energies, lower is better."""
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    samples: int = 300
+    elites: int = 30
+    iterations: int = 10
+    horizon: int = 5
+    """Agent steps planned ahead."""
+    replan_every: int = 1
+    """Agent steps executed from each plan before planning again (MPC)."""
+    init_std: float = 1.0
+    """Initial standard deviation, as a fraction of half the action range."""
+    min_std: float = 0.05
+    """Floor on the standard deviation (same units), so the search never freezes early."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"CEM {f.name} must be > 0, got {getattr(self, f.name)}")
+        if self.elites > self.samples:
+            raise ValueError(f"CEM elites ({self.elites}) cannot exceed samples ({self.samples})")
+        if self.replan_every > self.horizon:
+            raise ValueError(f"CEM replan_every ({self.replan_every}) cannot exceed the horizon ({self.horizon})")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "CEMConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"unknown CEM keys {unknown}; expected {sorted(names)}")
+        return cls(**raw)
+
+
+@dataclass
+class Plan:
+    actions: Tensor
+    """(H, A) the mean of the final Gaussian: the plan to execute."""
+    energy: list[float]
+    """Lowest energy found up to each iteration (non-increasing)."""
+
+
+def cem(energy: Energy, low: Tensor, high: Tensor, cfg: CEMConfig, init_mean: Tensor | None = None,
+        generator: torch.Generator | None = None) -> Plan:
+    """Minimise ``energy`` over (horizon, A) action sequences within [low, high]."""
+    half = (high - low) / 2
+    mean = ((low + high) / 2).expand(cfg.horizon, -1).clone() if init_mean is None else init_mean.clone()
+    std = (half * cfg.init_std).expand(cfg.horizon, -1).clone()
+    trace, best = [], None
+    for _ in range(cfg.iterations):
+        noise = torch.randn((cfg.samples, *mean.shape), generator=generator, device=mean.device)
+        samples = (mean + std * noise).clamp(low, high)
+        samples[0] = mean  # the mean competes, and so does the best sequence so far: never lost
+        if best is not None:
+            samples[1] = best
+        scores = energy(samples)
+        order = torch.topk(scores, cfg.elites, largest=False).indices
+        elites, best = samples[order], samples[order[0]].clone()
+        mean, std = elites.mean(0), elites.std(0).maximum(half * cfg.min_std)
+        trace.append(float(scores[order[0]]))
+    return Plan(mean, trace)
+
+
+def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Tensor | None = None,
+                  states: Tensor | None = None) -> Energy:
+    """Energy of action sequences under ``model``: mean L1 between the imagined last frame's
+    tokens and the goal's. context (1, C, N, E) and goal (N, E) are layer-normed encoder tokens;
+    ``history`` (C - 1, A) the actions that led through the context; ``states`` (1, C, S)."""
+    C = context.shape[1]
+    history = context.new_zeros(0, model.action_dim) if history is None else history
+    if history.shape[0] != C - 1:
+        raise ValueError(f"{C} context frames need {C - 1} history actions, got {history.shape[0]}")
+
+    @torch.no_grad()
+    def energy(samples: Tensor) -> Tensor:
+        S, H, _ = samples.shape
+        actions = torch.cat((history.expand(S, -1, -1), samples), 1)
+        final = model.rollout(context, actions, states, steps=H).frames[:, -1]  # (S, N, E)
+        return (final - goal).abs().mean(dim=(1, 2))
+
+    return energy
