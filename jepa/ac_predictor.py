@@ -234,3 +234,14 @@ def ac_losses(model: ACPredictor, z: Tensor, actions: Tensor, states: Tensor | N
         out["state"] = state
         out["loss"] = out["loss"] + state
     return out
+
+
+class ACObjective(nn.Module):
+    """``ac_losses`` as one module call, so a DDP wrapper sees the whole loss in its forward."""
+
+    def __init__(self, predictor: ACPredictor, rollout_steps: int = 2):
+        super().__init__()
+        self.predictor, self.rollout_steps = predictor, rollout_steps
+
+    def forward(self, z: Tensor, actions: Tensor, states: Tensor | None = None) -> dict[str, Tensor]:
+        return ac_losses(self.predictor, z, actions, states, self.rollout_steps)

@@ -259,6 +259,80 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class ACModelConfig:
+    """The action-conditioned predictor (`jepa train-ac`) on top of a frozen encoder."""
+
+    encoder: str = ""
+    """The frozen encoder: a registered `jepa pretrain` model (models:/NAME@ALIAS or /VERSION) or a
+    local model folder. Its target encoder turns each frame (duplicated into a tubelet) into tokens."""
+    pool: int = 1
+    """Average-pool the encoder's token grid by this factor per side: fewer tokens per frame make
+    training and every planning rollout cheaper."""
+    dim: int = 192
+    """Predictor width."""
+    depth: int = 6
+    """Predictor transformer blocks."""
+    num_heads: int = 6
+    """Predictor attention heads."""
+    uses_state: bool = True
+    """Add a state token (qpos, qvel) per step; the predictor also predicts the next state."""
+    rollout_steps: int = 2
+    """Steps of the rollout loss (the predictor fed its own predictions), on top of teacher forcing."""
+
+
+@dataclass
+class ACDataConfig:
+    dataset: str = ""
+    """Episode windows (`jepa ingest` of a `jepa synth mujoco` dataset): s3://B/datasets/NAME."""
+    frames: int = 0
+    """Agent steps per training window; 0 = the windows' full length."""
+    decode_cpus: float = 0.5
+    """Ray CPUs reserved by each decoding task."""
+
+
+@dataclass
+class PlannerConfig:
+    """CEM defaults stored with the model: what `jepa eval plan` and `/v1/plan` use unless told otherwise."""
+
+    samples: int = 300
+    """Action sequences sampled per iteration."""
+    elites: int = 30
+    """Lowest-energy samples the Gaussian is refitted to."""
+    iterations: int = 10
+    """CEM iterations per plan."""
+    horizon: int = 5
+    """Agent steps planned ahead."""
+    replan_every: int = 5
+    """Agent steps executed from each plan before planning again (MPC)."""
+    init_std: float = 1.0
+    """Initial standard deviation, as a fraction of half the action range."""
+    min_std: float = 0.05
+    """Floor on the standard deviation, same units."""
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not value > 0:
+                raise ConfigError(f"planner.{name}: must be > 0, got {value}")
+        if self.elites > self.samples:
+            raise ConfigError(f"planner.elites: {self.elites} exceeds planner.samples {self.samples}")
+        if self.replan_every > self.horizon:
+            raise ConfigError(f"planner.replan_every: {self.replan_every} exceeds planner.horizon {self.horizon}")
+
+
+@dataclass
+class ACRunConfig:
+    model: ACModelConfig = field(default_factory=ACModelConfig)
+    data: ACDataConfig = field(default_factory=ACDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig("jepa-ac", "jepa-ac"))
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -354,6 +428,11 @@ def load_yaml(cls: type, path: str | Path | None = None, overrides: list[str] = 
     for override in overrides:
         apply_override(data, override)
     return from_dict(cls, data)
+
+
+def load_ac_config(path: str | Path | None = None, overrides: list[str] = ()) -> ACRunConfig:
+    """`load_config` for `jepa train-ac` configs."""
+    return load_yaml(ACRunConfig, path, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

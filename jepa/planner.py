@@ -10,48 +10,17 @@ nothing here reads the simulator's notion of success.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from jepa.ac_predictor import ACPredictor
+from jepa.config import PlannerConfig
 
 Energy = Callable[[Tensor], Tensor]
 """(S, H, A) action sequences -> (S,) energies, lower is better."""
-
-
-@dataclass(frozen=True)
-class CEMConfig:
-    samples: int = 300
-    elites: int = 30
-    iterations: int = 10
-    horizon: int = 5
-    """Agent steps planned ahead."""
-    replan_every: int = 1
-    """Agent steps executed from each plan before planning again (MPC)."""
-    init_std: float = 1.0
-    """Initial standard deviation, as a fraction of half the action range."""
-    min_std: float = 0.05
-    """Floor on the standard deviation (same units), so the search never freezes early."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ValueError(f"CEM {f.name} must be > 0, got {getattr(self, f.name)}")
-        if self.elites > self.samples:
-            raise ValueError(f"CEM elites ({self.elites}) cannot exceed samples ({self.samples})")
-        if self.replan_every > self.horizon:
-            raise ValueError(f"CEM replan_every ({self.replan_every}) cannot exceed the horizon ({self.horizon})")
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "CEMConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(f"unknown CEM keys {unknown}; expected {sorted(names)}")
-        return cls(**raw)
 
 
 @dataclass
@@ -62,7 +31,7 @@ class Plan:
     """Lowest energy found up to each iteration (non-increasing)."""
 
 
-def cem(energy: Energy, low: Tensor, high: Tensor, cfg: CEMConfig, init_mean: Tensor | None = None,
+def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean: Tensor | None = None,
         generator: torch.Generator | None = None) -> Plan:
     """Minimise ``energy`` over (horizon, A) action sequences within [low, high]."""
     half = (high - low) / 2

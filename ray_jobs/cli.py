@@ -128,6 +128,17 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
 
 
+def _train_ac(args: argparse.Namespace) -> None:
+    from jepa.config import load_ac_config
+    from ray_jobs.tracking import run_url
+    from ray_jobs.train_ac import train_ac
+
+    overrides = [*args.overrides, *([f"train.run_name={args.run_name}"] if args.run_name else [])]
+    cfg = load_ac_config(args.config, overrides)
+    result = train_ac(cfg)
+    print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
+
+
 def _eval_output(args: argparse.Namespace, evaluated, report, record) -> None:
     """What every `jepa eval` command prints and writes: a table (or --json), --report, MLflow."""
     import contextlib
@@ -253,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stack_parser(sub)
-    for add in (_add_synth, _add_ingest, _add_pretrain, _add_eval, _add_config, _add_serve, _add_models,
+    for add in (_add_synth, _add_ingest, _add_pretrain, _add_train_ac, _add_eval, _add_config, _add_serve, _add_models,
                 _add_demo):
         add(sub)
     return parser
@@ -326,6 +337,17 @@ def _add_ingest(sub) -> None:
                      help="comma-separated file suffixes to ingest; other objects are ignored")
     ing.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     ing.set_defaults(func=_ingest)
+
+
+def _add_train_ac(sub) -> None:
+    ac = sub.add_parser("train-ac", help="action-conditioned predictor on a frozen encoder, from episodes (Ray Train DDP)",
+                        description="Post-train an action-conditioned predictor (a world model that plans) on "
+                                    "episode windows over a frozen registered encoder; registers encoder + "
+                                    "predictor + env spec as one model (docs/world-model.md).")
+    ac.add_argument("--config", required=True, help="YAML config, e.g. configs/reacher-ac.yaml")
+    ac.add_argument("--run-name", metavar="NAME", help="the run's name: relaunching with NAME resumes it")
+    ac.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
+    ac.set_defaults(func=_train_ac)
 
 
 def _add_pretrain(sub) -> None:

@@ -78,6 +78,19 @@ class JepaPyfunc(mlflow.pyfunc.PythonModel):
         return tokens.mean(dim=1).numpy()
 
 
+class WorldModelPyfunc(mlflow.pyfunc.PythonModel):
+    """An action-conditioned world model (`jepa train-ac`): `predict(frames)` -> each frame's
+    pooled representation (B, E), the space `/v1/plan` measures energies in."""
+
+    def load_context(self, context) -> None:
+        from jepa.world_model import load_world_model
+
+        self.model = load_world_model(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        return self.model.encode(np.asarray(model_input)).mean(dim=1).numpy()
+
+
 def model_signature(cfg: RunConfig, embed_dim: int) -> ModelSignature:
     m = cfg.model
     clips = TensorSpec(np.dtype(np.uint8), (-1, m.num_frames, m.img_size, m.img_size, 3))

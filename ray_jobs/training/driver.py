@@ -40,8 +40,9 @@ class TrainingJob:
     """The job's resolved config (handed to the workers as `loop_config["config"]`, logged as params)."""
     train: TrainConfig
     tracking: TrackingConfig
-    build_dataset: Callable[[int], ray.data.Dataset]
-    """The training dataset from input row N on (a resumed attempt's position)."""
+    build_dataset: Callable[[int], ray.data.Dataset] | None
+    """The training dataset from input row N on (a resumed attempt's position); None for a job
+    whose workers read their data themselves."""
     data_uri: str
     """Where the data lives: its bucket holds the checkpoints unless `train.checkpoint_uri` is set."""
     tags: dict[str, str] = field(default_factory=dict)
@@ -66,7 +67,7 @@ def run_job(job: TrainingJob) -> TrainedModel:
     if run_id:
         say(f"resuming {job.train.run_name}: MLflow run {run_id}")
     position = resumed.latest_position() if resumed else None
-    dataset = job.build_dataset(DataStart.from_position(position).rows)
+    dataset = _dataset(job, position)
     run_id = run_id or tracking.start_run(job.tracking.experiment, job.config, job.tags, job.train.run_name or None)
     folder = resumed or RunFolder(root, f"{job.name}-{run_id}")
     folder.record_mlflow_run(run_id)
@@ -88,12 +89,16 @@ def run_job(job: TrainingJob) -> TrainedModel:
             cause = "a preemption" if preempted else f"failure {failures}/{'unlimited' if limit < 0 else limit}"
             say(f"attempt {attempt} failed ({cause}): {_describe(err)}")
             position = folder.latest_position()
-            dataset = job.build_dataset(DataStart.from_position(position).rows)
+            dataset = _dataset(job, position)
     versions = MlflowClient().search_model_versions(f"run_id='{run_id}'")
     if not versions:
         raise RuntimeError(f"training finished but run {run_id} registered no model")
     version = max(int(v.version) for v in versions)
     return TrainedModel(run_id, version, f"models:/{job.tracking.registered_model}/{version}")
+
+
+def _dataset(job: TrainingJob, position: dict[str, Any] | None):
+    return job.build_dataset(DataStart.from_position(position).rows) if job.build_dataset else None
 
 
 def _trainer(job: TrainingJob, run_id: str, folder: RunFolder, dataset, start: DataStart) -> TorchTrainer:
@@ -107,7 +112,7 @@ def _trainer(job: TrainingJob, run_id: str, folder: RunFolder, dataset, start: D
                            "data_start": {"rows": start.rows, "clips_seen": start.clips_seen}},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
-        datasets={"train": dataset},
+        datasets={"train": dataset} if dataset is not None else None,
         run_config=ray.train.RunConfig(
             name=folder.name,
             storage_path=storage_path,

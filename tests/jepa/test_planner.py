@@ -2,13 +2,14 @@ import pytest
 import torch
 
 from jepa.ac_predictor import ACPredictor, layer_normed
-from jepa.planner import CEMConfig, cem, latent_energy
+from jepa.config import ConfigError, PlannerConfig
+from jepa.planner import cem, latent_energy
 
 
 def test_cem_finds_the_minimum_of_a_known_energy():
     target = torch.tensor([[0.3, -0.6], [0.9, 0.1], [-0.4, 0.5]])
     low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
-    cfg = CEMConfig(samples=200, elites=20, iterations=12, horizon=3)
+    cfg = PlannerConfig(samples=200, elites=20, iterations=12, horizon=3, replan_every=1)
     plan = cem(lambda s: (s - target).abs().sum((1, 2)), low, high, cfg, generator=torch.Generator().manual_seed(0))
     assert plan.energy[-1] < 0.1 * plan.energy[0]
     assert all(b <= a + 1e-6 for a, b in zip(plan.energy, plan.energy[1:]))  # the mean is kept: never worse
@@ -23,7 +24,7 @@ def test_cem_respects_the_bounds():
         seen.append(s)
         return -s.sum((1, 2))  # pushes toward +inf
 
-    plan = cem(energy, low, high, CEMConfig(samples=50, elites=5, iterations=5, horizon=2))
+    plan = cem(energy, low, high, PlannerConfig(samples=50, elites=5, iterations=5, horizon=2, replan_every=1))
     assert all(((s >= low) & (s <= high)).all() for s in seen)
     torch.testing.assert_close(plan.actions, torch.full((2, 1), 0.2), atol=0.02, rtol=0)
 
@@ -41,7 +42,7 @@ def test_cem_lowers_the_latent_energy_of_a_toy_world_model():
     with torch.no_grad():
         goal = model.rollout(context, torch.cat((history, goal_actions))[None], steps=3).frames[0, -1]
     energy = latent_energy(model, context, goal, history=history)
-    plan = cem(energy, -torch.ones(2), torch.ones(2), CEMConfig(samples=100, elites=10, iterations=8, horizon=3),
+    plan = cem(energy, -torch.ones(2), torch.ones(2), PlannerConfig(samples=100, elites=10, iterations=8, horizon=3, replan_every=1),
                generator=torch.Generator().manual_seed(1))
     start = energy(torch.zeros(1, 3, 2)).item()
     assert plan.energy[-1] < 0.3 * start
@@ -49,9 +50,9 @@ def test_cem_lowers_the_latent_energy_of_a_toy_world_model():
 
 
 def test_config_is_checked():
-    with pytest.raises(ValueError, match="elites"):
-        CEMConfig(samples=10, elites=20)
-    with pytest.raises(ValueError, match="unknown CEM keys"):
-        CEMConfig.from_dict({"samples": 10, "topk": 3})
+    with pytest.raises(ConfigError, match="elites"):
+        PlannerConfig(samples=10, elites=20)
+    with pytest.raises(ConfigError, match="replan_every"):
+        PlannerConfig(horizon=2, replan_every=3)
     with pytest.raises(ValueError, match="history actions"):
         latent_energy(ACPredictor(8, (2, 2), [-1.0], [1.0]), torch.zeros(1, 2, 4, 8), torch.zeros(4, 8))

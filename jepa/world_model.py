@@ -1,0 +1,114 @@
+"""An action-conditioned world model: a frozen JEPA encoder, the AC predictor trained on its tokens,
+and the spec of the environment they were trained for, saved and loaded as one folder.
+
+Folder: ``encoder/`` (the encoder's own model folder, ``jepa.checkpoint`` format),
+``ac_predictor.pt`` (predictor weights, state statistics included) and ``world_model.json`` (the
+predictor and planner config, the env spec, the token grid).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa.ac_predictor import ACPredictor, layer_normed
+from jepa.checkpoint import load_model, save_model
+from jepa.config import ACModelConfig, PlannerConfig, RunConfig, from_dict
+from jepa.model import JEPA
+from jepa.transforms import clips_to_tensor
+
+ENCODER_DIR = "encoder"
+PREDICTOR_FILE = "ac_predictor.pt"
+SPEC_FILE = "world_model.json"
+
+
+class WorldModel(nn.Module):
+    """``encode`` frames into tokens, then imagine with ``predictor`` (see ``jepa.planner``)."""
+
+    def __init__(self, jepa: JEPA, encoder_cfg: RunConfig, predictor: ACPredictor, cfg: ACModelConfig,
+                 env: dict, planner: PlannerConfig):
+        super().__init__()
+        self.jepa, self.encoder_cfg, self.predictor = jepa.eval().requires_grad_(False), encoder_cfg, predictor
+        self.cfg, self.env, self.planner = cfg, dict(env), planner
+
+    @property
+    def img_size(self) -> int:
+        return self.encoder_cfg.model.img_size
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """The encoder's token grid of one frame, before pooling."""
+        side = self.img_size // self.encoder_cfg.model.patch_size
+        return side, side
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray | Tensor, batch: int = 256) -> Tensor:
+        """uint8 frames (B, H, W, 3), any square size -> layer-normed tokens (B, N, E): each frame
+        alone (repeated into one tubelet), resized to the encoder's input as training saw it, the
+        token grid average-pooled by ``cfg.pool``."""
+        frames = torch.as_tensor(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        device = next(self.jepa.parameters()).device
+        out = []
+        for chunk in frames.split(batch):
+            x = clips_to_tensor(chunk[:, None], device)  # (b, 3, 1, H, W)
+            if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+                x = F.interpolate(x[:, :, 0], size=(self.img_size, self.img_size), mode="bilinear",
+                                  align_corners=False, antialias=True)[:, :, None]
+            out.append(pool_tokens(self.jepa.embed(x), self.token_grid, self.cfg.pool))
+        return torch.cat(out)
+
+
+def pool_tokens(tokens: Tensor, grid: tuple[int, int], pool: int) -> Tensor:
+    """(B, h * w, E) -> layer-normed (B, (h / pool) * (w / pool), E)."""
+    if pool > 1:
+        b, _, e = tokens.shape
+        x = tokens.transpose(1, 2).reshape(b, e, *grid)
+        tokens = F.avg_pool2d(x, pool).flatten(2).transpose(1, 2)
+    return layer_normed(tokens)
+
+
+def pooled_grid(encoder_cfg: RunConfig, pool: int) -> tuple[int, int]:
+    m = encoder_cfg.model
+    side = m.img_size // m.patch_size
+    if side % pool:
+        raise ValueError(f"model.pool={pool} does not divide the encoder's {side}x{side} token grid")
+    return side // pool, side // pool
+
+
+def build_predictor(encoder: JEPA, encoder_cfg: RunConfig, cfg: ACModelConfig, env: dict) -> ACPredictor:
+    return ACPredictor(encoder.encoder.embed_dim, pooled_grid(encoder_cfg, cfg.pool), env["action_low"],
+                       env["action_high"], state_dim=env["state_dim"] if cfg.uses_state else 0, dim=cfg.dim,
+                       depth=cfg.depth, num_heads=cfg.num_heads)
+
+
+def save_world_model(model: WorldModel, folder: str | Path) -> Path:
+    folder = Path(folder)
+    save_model(model.jepa, model.encoder_cfg, folder / ENCODER_DIR)
+    torch.save(model.predictor.state_dict(), folder / PREDICTOR_FILE)
+    spec = {"model": asdict(model.cfg), "planner": asdict(model.planner), "env": model.env,
+            "grid": list(model.predictor.grid)}
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    return folder
+
+
+def is_world_model(folder: str | Path) -> bool:
+    return (Path(folder) / SPEC_FILE).is_file()
+
+
+def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+    folder = Path(folder)
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    jepa, encoder_cfg = load_model(folder / ENCODER_DIR, device)
+    cfg = from_dict(ACModelConfig, spec["model"])
+    predictor = build_predictor(jepa, encoder_cfg, cfg, spec["env"])
+    predictor.load_state_dict(torch.load(folder / PREDICTOR_FILE, map_location="cpu", weights_only=True), strict=True)
+    return WorldModel(jepa, encoder_cfg, predictor.to(device).eval(), cfg, spec["env"],
+                      from_dict(PlannerConfig, spec["planner"]))

@@ -1,0 +1,52 @@
+"""`jepa train-ac` end to end: MuJoCo episodes recorded to SeaweedFS, cut into windows, a tiny
+registered encoder, two Ray Train workers, and a registered world model that loads and imagines."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from jepa.world_model import load_world_model
+from pipelines.episode_shards import WindowSpec, ingest_episodes
+from pipelines.mujoco_record import RecordConfig, record
+from ray_jobs import tracking
+from ray_jobs.cli import main
+from tiny_models import register_tiny
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def windows_uri(s3_env, ray_local):
+    episodes = f"s3://{s3_env.bucket}/ac/episodes"
+    record(RecordConfig(env="reacher", episodes=4, steps=40, frameskip=5, img_size=32, seed=3), episodes, progress=False)
+    windows = f"s3://{s3_env.bucket}/ac/windows"
+    ingest_episodes(episodes, windows, WindowSpec(frames=4, stride=2), episodes_per_shard=2, progress=False)
+    return windows
+
+
+def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_env, capsys):
+    encoder = register_tiny("jepa-ac-encoder", ["model.num_frames=1", "data.modality=image"])
+    main(["train-ac", "--config", "configs/reacher-ac.yaml", f"model.encoder={encoder}",
+          f"data.dataset={windows_uri}", "model.dim=32", "model.depth=1", "model.num_heads=2", "model.pool=2",
+          "train.steps=6", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=3",
+          "tracking.registered_model=jepa-ac-test"])
+    out = capsys.readouterr().out
+    assert "registered models:/jepa-ac-test/1 (@candidate)" in out
+    # 4 episodes of 8 agent steps -> windows at 0, 2, 4 -> 12, in 2 shard files: one per rank
+    assert "rank 0: 6 windows of 4 steps, 16 frames encoded" in out
+
+    run_id = MlflowClient().get_model_version("jepa-ac-test", "1").run_id
+    history = MlflowClient().get_metric_history(run_id, "teacher")
+    assert [m.step for m in history] == [0, 2, 4, 5]
+    assert MlflowClient().get_run(run_id).data.tags["jepa.encoder"] == encoder
+
+    world = load_world_model(tracking.download_checkpoint("models:/jepa-ac-test@candidate"))
+    assert world.env["domain"] == "reacher" and world.env["frameskip"] == 5 and world.env["img_size"] == 32
+    assert world.predictor.grid == (2, 2)  # 32 px / patch 8 = 4x4 tokens, pooled by 2
+    assert torch.all(world.predictor.state_std != 1)  # the state statistics came from the data
+    frames = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    z = world.encode(frames)
+    assert z.shape == (2, 4, world.jepa.encoder.embed_dim)
+    with torch.no_grad():
+        imagined = world.predictor.rollout(z[None, :1], torch.zeros(3, 2, 2), torch.zeros(1, 1, 4), steps=2)
+    assert imagined.frames.shape == (3, 2, 4, world.jepa.encoder.embed_dim)
