@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from jepa.config import ConfigError, load_config
+from jepa.config import ConfigError, load_ac_config, load_config
 from jepa.masks import ImageMaskGenerator, sample_masks
 from jepa.model import build_jepa
 from jepa.rope import axis_dim
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NOT_RUN_CONFIGS = {"serve.yaml"}  # read by ray_jobs.serve_app.load_serve_config
-RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in NOT_RUN_CONFIGS)
+AC_CONFIGS = sorted(CONFIGS.glob("*-ac.yaml"))  # `jepa train-ac` configs (ACRunConfig)
+RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in NOT_RUN_CONFIGS and p not in AC_CONFIGS)
 MIN_KEEP = 4
 """Fewest context or target tokens a clip may be cut to: the reference I-JEPA mask collator's
 `min_keep` (it redraws masks that keep fewer); our generators only promise one."""
@@ -81,3 +82,10 @@ def test_global_batch_must_be_a_multiple_of_the_per_step_batch():
     assert cfg.train.accumulation_steps == 2
     with pytest.raises(ConfigError, match="train.global_batch_size"):
         load_config(None, ["train.batch_size=2", "train.num_workers=2", "train.global_batch_size=6"])
+
+
+@pytest.mark.parametrize("path", AC_CONFIGS, ids=lambda p: p.name)
+def test_ac_config_loads(path):
+    cfg = load_ac_config(path)
+    assert cfg.model.encoder.startswith("models:/") and cfg.data.dataset
+    assert cfg.planner.replan_every <= cfg.planner.horizon
