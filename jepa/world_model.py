@@ -52,7 +52,7 @@ class WorldModel(nn.Module):
         """uint8 frames (B, H, W, 3), any square size -> layer-normed tokens (B, N, E): each frame
         alone (repeated into one tubelet), resized to the encoder's input as training saw it, the
         token grid average-pooled by ``cfg.pool``."""
-        frames = torch.as_tensor(frames)
+        frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
         device = next(self.jepa.parameters()).device

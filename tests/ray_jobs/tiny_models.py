@@ -29,3 +29,21 @@ def register_tiny(name: str, overrides: list[str], experiment: str = "tiny-model
         register_model(run_id, tmp, registered_model=name, alias="candidate", python_model=tracking.JepaPyfunc(),
                        signature=tracking.model_signature(cfg, model.encoder.embed_dim))
     return f"models:/{name}@candidate"
+
+
+def tiny_world_model(folder, img_size: int = 32, uses_state: bool = True) -> str:
+    """Save a seeded, untrained world model (tiny image encoder + 1-block AC predictor) for reacher
+    frames of `img_size` px into `folder`; returns the folder."""
+    from jepa.config import ACModelConfig, PlannerConfig
+    from jepa.world_model import WorldModel, build_predictor, save_world_model
+    from pipelines.mujoco_record import env_spec, load_env
+
+    cfg = load_config("configs/tiny.yaml", TINY + ["model.num_frames=1", "data.modality=image",
+                                                   f"model.img_size={img_size}"])
+    torch.manual_seed(0)
+    jepa = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
+    env = env_spec("reacher", load_env("reacher", 0), img_size, 5).as_dict()
+    ac = ACModelConfig(encoder="tiny", pool=2, dim=32, depth=1, num_heads=2, uses_state=uses_state)
+    planner = PlannerConfig(samples=16, elites=4, iterations=2, horizon=5, replan_every=5)
+    save_world_model(WorldModel(jepa, cfg, build_predictor(jepa, cfg, ac, env), ac, env, planner), folder)
+    return str(folder)

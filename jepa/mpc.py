@@ -1,0 +1,73 @@
+"""Model predictive control with a world model: plan with CEM in representation space, execute the
+first ``replan_every`` actions, look again, plan again (warm-started from the rest of the last plan).
+
+The loop talks to the world through two callables, so the same code drives a simulator in
+``jepa eval plan`` and a remote client of ``/v1/plan``; it never sees whether the goal was reached.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from jepa.config import PlannerConfig
+from jepa.planner import Plan, cem, latent_energy
+from jepa.world_model import WorldModel
+
+
+@dataclass
+class PlanCall:
+    actions: np.ndarray
+    """(horizon, A) the plan; the first ``replan_every`` rows are executed."""
+    energy: list[float]
+    seconds: float
+
+
+def plan_toward(world: WorldModel, observation: np.ndarray, goal: Tensor, state: np.ndarray | None,
+                cfg: PlannerConfig, init_mean: Tensor | None = None, generator: torch.Generator | None = None) -> PlanCall:
+    """One CEM plan from ``observation`` (H, W, 3) uint8 toward the goal tokens (N, E)."""
+    t0 = time.perf_counter()
+    context = world.encode(observation[None])[None]  # (1, 1, N, E)
+    states = None
+    if world.cfg.uses_state:
+        if state is None:
+            raise ValueError("this world model reads the state (qpos, qvel) with each observation")
+        states = torch.as_tensor(np.asarray(state, np.float32))[None, None]
+    low, high = world.predictor.action_low, world.predictor.action_high
+    plan: Plan = cem(latent_energy(world.predictor, context, goal, states=states), low, high, cfg,
+                     init_mean=init_mean, generator=generator)
+    return PlanCall(plan.actions.numpy(), plan.energy, time.perf_counter() - t0)
+
+
+@dataclass
+class MPCTrace:
+    calls: list[PlanCall] = field(default_factory=list)
+    observations: list[np.ndarray] = field(default_factory=list)
+    """The frame each plan started from."""
+
+
+def run_mpc(world: WorldModel, goal_image: np.ndarray, observe: Callable[[], tuple[np.ndarray, np.ndarray | None]],
+            act: Callable[[np.ndarray], None], budget: int, cfg: PlannerConfig, seed: int = 0) -> MPCTrace:
+    """Spend ``budget`` agent steps: ``observe()`` -> (frame, state or None); ``act(action)`` takes
+    one agent step (the caller holds it for the env's frameskip)."""
+    goal = world.encode(goal_image[None])[0]
+    generator = torch.Generator().manual_seed(seed)
+    trace, mean, done = MPCTrace(), None, 0
+    while done < budget:
+        frame, state = observe()
+        call = plan_toward(world, frame, goal, state, cfg, mean, generator)
+        trace.calls.append(call)
+        trace.observations.append(frame)
+        steps = min(cfg.replan_every, budget - done)
+        for action in call.actions[:steps]:
+            act(action)
+        done += steps
+        rest = torch.as_tensor(call.actions[steps:])
+        centre = (world.predictor.action_low + world.predictor.action_high) / 2
+        mean = torch.cat((rest, centre.expand(cfg.horizon - len(rest), -1)))
+    return trace
