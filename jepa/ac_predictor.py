@@ -3,8 +3,10 @@
 A frozen encoder turns every frame into N tokens (layer-normed). Per time step t the predictor
 reads one block of tokens ``[action a_t, state s_t (optional), frame t's N tokens]``; block-causal
 attention lets a token see its own block and earlier ones, never a later one. The outputs at frame
-t's tokens predict frame t+1's tokens, the world after taking a_t; the output at the state token
-predicts s_{t+1}, so a rollout can feed its own states back.
+t's tokens predict frame t+1's tokens, the world after taking a_t, as a change added to frame t's
+tokens: between two agent steps most tokens barely move (the background), so the predictor starts
+from "nothing moves" and learns what the action changes. The output at the state token predicts
+s_{t+1}, so a rollout can feed its own states back.
 
 Actions are rescaled from the env's bounds to [-1, 1] and states standardised inside the model
 (buffers saved with it), so callers pass raw env values.
@@ -106,6 +108,8 @@ class ACPredictor(nn.Module):
         self.frame_out = nn.Linear(dim, embed_dim)
         self.state_out = nn.Linear(dim, state_dim) if state_dim else None
         init_weights(self, self.blocks)
+        nn.init.zeros_(self.frame_out.weight)  # predicts "nothing moves" until it learns otherwise
+        nn.init.zeros_(self.frame_out.bias)
 
     @property
     def action_dim(self) -> int:
@@ -144,9 +148,9 @@ class ACPredictor(nn.Module):
         pos = torch.cat((t[:, None], hw.repeat(steps, 1)), -1).float()
         return rope_tables_at(pos, self.blocks[0].attn.qkv.in_features // self.num_heads)
 
-    def _read(self, x: Tensor, steps: int) -> Prediction:
-        x = self.norm(x).unflatten(1, (steps, self.tokens_per_step))
-        frames = self.frame_out(x[:, :, -self.num_tokens :])
+    def _read(self, x: Tensor, z: Tensor) -> Prediction:
+        x = self.norm(x).unflatten(1, (z.shape[1], self.tokens_per_step))
+        frames = z + self.frame_out(x[:, :, -self.num_tokens :])
         states = None
         if self.state_out is not None:
             states = self.state_out(x[:, :, 1]) * self.state_std + self.state_mean
@@ -161,7 +165,7 @@ class ACPredictor(nn.Module):
         mask = block_causal_mask(steps, self.tokens_per_step, x.device)
         for blk in self.blocks:
             x, _ = blk(x, cos, sin, mask)
-        return self._read(x, steps)
+        return self._read(x, z)
 
     def step(self, z: Tensor, actions: Tensor, states: Tensor | None, first_step: int,
              cache: list[KV] | None) -> tuple[Prediction, list[KV]]:
@@ -178,7 +182,7 @@ class ACPredictor(nn.Module):
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, cos, sin, mask, None if cache is None else cache[i])
             new_cache.append(kv)
-        return self._read(x, steps), new_cache
+        return self._read(x, z), new_cache
 
     def rollout(self, z: Tensor, actions: Tensor, states: Tensor | None = None, steps: int = 1) -> Prediction:
         """Imagine ``steps`` steps past the context.

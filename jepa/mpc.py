@@ -51,15 +51,25 @@ class MPCTrace:
     """The frame each plan started from."""
 
 
+def warm_start(world: WorldModel, actions: np.ndarray, executed: int, horizon: int) -> Tensor:
+    """The next search's starting mean: the plan's actions not yet executed, then the middle of
+    the action range for the steps it does not cover."""
+    rest = torch.as_tensor(np.asarray(actions[executed:], np.float32))
+    centre = (world.predictor.action_low + world.predictor.action_high) / 2
+    return torch.cat((rest, centre.expand(max(0, horizon - len(rest)), -1)))[:horizon]
+
+
 def run_mpc(world: WorldModel, goal_image: np.ndarray, observe: Callable[[], tuple[np.ndarray, np.ndarray | None]],
             act: Callable[[np.ndarray], None], budget: int, cfg: PlannerConfig, seed: int = 0) -> MPCTrace:
     """Spend ``budget`` agent steps: ``observe()`` -> (frame, state or None); ``act(action)`` takes
-    one agent step (the caller holds it for the env's frameskip)."""
+    one agent step (the caller holds it for the env's frameskip). Plan call k draws its samples
+    from a generator seeded with ``seed + k``, so a client of ``/v1/plan`` sending those seeds and
+    the ``warm_start`` it is given makes the same plans."""
     goal = world.encode(goal_image[None])[0]
-    generator = torch.Generator().manual_seed(seed)
     trace, mean, done = MPCTrace(), None, 0
     while done < budget:
         frame, state = observe()
+        generator = torch.Generator().manual_seed(seed + len(trace.calls))
         call = plan_toward(world, frame, goal, state, cfg, mean, generator)
         trace.calls.append(call)
         trace.observations.append(frame)
@@ -67,7 +77,5 @@ def run_mpc(world: WorldModel, goal_image: np.ndarray, observe: Callable[[], tup
         for action in call.actions[:steps]:
             act(action)
         done += steps
-        rest = torch.as_tensor(call.actions[steps:])
-        centre = (world.predictor.action_low + world.predictor.action_high) / 2
-        mean = torch.cat((rest, centre.expand(cfg.horizon - len(rest), -1)))
+        mean = warm_start(world, call.actions, steps, cfg.horizon)
     return trace

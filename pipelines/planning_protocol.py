@@ -107,13 +107,18 @@ class Episode:
         return physics_state(self.env)
 
     def step(self, action: np.ndarray) -> None:
+        """One agent step: ``action`` held for ``frameskip`` control steps."""
         for _ in range(self.p.frameskip):
-            self.env.step(action)
-            self.control_steps += 1
-            d = distance(self.p.env, self.env.physics.data.qpos, self.goal.qpos)
-            self.best = min(self.best, d)
-            if self.reached_at is None and d <= TOLERANCE[self.p.env]:
-                self.reached_at = self.control_steps
+            self.control(action)
+
+    def control(self, action: np.ndarray) -> None:
+        """One control step."""
+        self.env.step(action)
+        self.control_steps += 1
+        d = distance(self.p.env, self.env.physics.data.qpos, self.goal.qpos)
+        self.best = min(self.best, d)
+        if self.reached_at is None and d <= TOLERANCE[self.p.env]:
+            self.reached_at = self.control_steps
 
     def outcome(self) -> Outcome:
         final = distance(self.p.env, self.env.physics.data.qpos, self.goal.qpos)

@@ -23,12 +23,13 @@ from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jepa.checkpoint import load_model
+from jepa.world_model import is_world_model, load_world_model
 from jepa.config import load_yaml
 from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
 from pipelines.storage import URIError, get_bytes, is_s3, parse_uri
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
-from ray_jobs import tracking
+from ray_jobs import serve_world, tracking
 from ray_jobs.cluster import connect, forwarded_env, require_cluster
 
 APP_NAME = "jepa"
@@ -53,9 +54,12 @@ class ServeConfig:
     max_surprise_frames: int = 256
     """/v1/surprise scores at most this many frames (at the model's fps) from a video's start; the
     answer says when a video was longer (`truncated`)."""
+    max_plan_samples: int = 2048
+    """/v1/plan refuses more CEM samples per iteration than this (422): one request must not hold a
+    replica for minutes."""
 
 
-app = FastAPI(title="jepa-ray", description="Embeddings and surprise from a V-JEPA world model")
+app = FastAPI(title="jepa-ray", description="Embeddings, surprise, prediction and planning from a V-JEPA world model")
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -87,6 +91,14 @@ def _decoding(name: str) -> Iterator[None]:
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object of a JSON-only route; 415 for any other content type."""
+    media = _media_type(request)
+    if media != "application/json":
+        raise HTTPException(415, f"send application/json, got {media or 'no Content-Type'}")
+    return await _json_object(request)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -131,11 +143,18 @@ def _surprise_fields(fields: Mapping[str, Any]) -> tuple[FormFile | None, str | 
 @serve.deployment
 @serve.ingress(app)
 class JepaService:
-    def __init__(self, model_uri: str, max_upload_bytes: int, max_surprise_frames: int):
+    def __init__(self, model_uri: str, max_upload_bytes: int, max_surprise_frames: int, max_plan_samples: int):
         self.info = tracking.resolve_model_version(model_uri)
-        self.model, self.cfg = load_model(tracking.download_checkpoint(model_uri))
+        folder = tracking.download_checkpoint(model_uri)
+        self.world = load_world_model(folder) if is_world_model(folder) else None
+        """The action-conditioned world model (`jepa train-ac`), or None: then no /v1/predict, /v1/plan."""
+        if self.world is not None:  # embed and surprise use its frozen encoder
+            self.model, self.cfg = self.world.jepa, self.world.encoder_cfg
+        else:
+            self.model, self.cfg = load_model(folder)
         self.max_upload_bytes = max_upload_bytes
         self.max_surprise_frames = max_surprise_frames
+        self.max_plan_samples = max_plan_samples
         torch.set_num_threads(1)
 
     @property
@@ -211,7 +230,32 @@ class JepaService:
             "clip": {"num_frames": m.num_frames, "fps": self.cfg.data.fps, "img_size": m.img_size},
             "token_grid": list(self.model.token_grid),
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "action_conditioned": self.world is not None,
+            **({"env": serve_world.env_info(self.world)} if self.world is not None else {}),
         }
+
+    def _world(self, route: str):
+        if self.world is None:
+            raise HTTPException(409, f"model {self.model_name} has no action head, so no {route}: register one "
+                                     f"with `jepa train-ac` and deploy that")
+        return self.world
+
+    @app.post("/v1/predict", dependencies=[Depends(_require_token)])
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """JSON `{"frames": [base64 image...], "actions": [[...]...], "state": [...]}` -> the pooled
+        representation of each imagined step (docs/http-api.md)."""
+        world = self._world("/v1/predict")
+        body = await _json_body(request)
+        return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.max_upload_bytes)
+
+    @app.post("/v1/plan", dependencies=[Depends(_require_token)])
+    async def plan(self, request: Request) -> dict[str, Any]:
+        """JSON `{"observation": base64 image, "goal": base64 image, "state": [...], ...}` -> the
+        planned actions per control step (docs/http-api.md)."""
+        world = self._world("/v1/plan")
+        body = await _json_body(request)
+        return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.max_upload_bytes,
+                                       self.max_plan_samples)
 
     @app.post("/v1/embed", dependencies=[Depends(_require_token)])
     def embed(self, video: UploadFile = File(...), start_s: float = Form(0.0)) -> dict[str, Any]:
@@ -273,7 +317,7 @@ def build_app(model_uri: str, cfg: ServeConfig):
             "target_ongoing_requests": cfg.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
-    ).bind(model_uri, int(cfg.max_upload_mb * 2**20), cfg.max_surprise_frames)
+    ).bind(model_uri, int(cfg.max_upload_mb * 2**20), cfg.max_surprise_frames, cfg.max_plan_samples)
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:

@@ -47,3 +47,14 @@ def tiny_world_model(folder, img_size: int = 32, uses_state: bool = True) -> str
     planner = PlannerConfig(samples=16, elites=4, iterations=2, horizon=5, replan_every=5)
     save_world_model(WorldModel(jepa, cfg, build_predictor(jepa, cfg, ac, env), ac, env, planner), folder)
     return str(folder)
+
+
+def register_tiny_world(name: str, folder, experiment: str = "tiny-models") -> str:
+    """`tiny_world_model` registered as `name`@candidate the way `jepa train-ac` registers one."""
+    from ray_jobs import tracking
+    from ray_jobs.training.registration import register_model
+
+    tiny_world_model(folder)
+    run_id = tracking.start_run(experiment, {"tiny_world_model": True}, {})
+    register_model(run_id, folder, registered_model=name, alias="candidate", python_model=tracking.WorldModelPyfunc())
+    return f"models:/{name}@candidate"
