@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.av_streams import VideoDecodeError
-from pipelines.episodes import EnvSpec, data_uri, read_episodes, read_frames_table, read_info, video_uri
+from pipelines.episodes import EnvSpec, data_uri, read_episodes, read_parquet, read_info, video_uri
 from pipelines.shards import ClipSpec, decode_segment, encode_segment
 
 SHARDS = "shards"
@@ -129,7 +129,7 @@ def shard_episodes(root: str, indices: list[int], out_uri: str, shard: int, env:
         video = video_uri(root, i)
         try:
             frames = decode_segment(storage.get_bytes(video, settings))  # every frame: one per data row
-            actions, states = check_episode(frames, read_frames_table(data_uri(root, i), settings), env, spec)
+            actions, states = check_episode(frames, read_parquet(data_uri(root, i), settings), env, spec)
         except (BadEpisode, VideoDecodeError, FileNotFoundError, pa.ArrowInvalid, ValueError) as err:
             bad.append({"episode_index": i, "uri": video, "reason": f"{type(err).__name__}: {err}"})
             continue

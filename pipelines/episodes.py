@@ -142,5 +142,6 @@ def read_episodes(root: str, settings=None) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.get_bytes(storage.join_uri(root, EPISODES), settings)))
 
 
-def read_frames_table(uri: str, settings=None) -> pa.Table:
+def read_parquet(uri: str, settings=None) -> pa.Table:
+    """Any parquet object (s3:// or local) as a table: episode data, shards, quarantine."""
     return pq.read_table(io.BytesIO(storage.get_bytes(uri, settings)))

@@ -72,7 +72,7 @@ def load_world(uri: str):
     return load_world_model(folder), ref
 
 
-def _world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, keep_strip: bool) -> EpisodeResult:
+def world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, keep_strip: bool) -> EpisodeResult:
     from jepa.mpc import run_mpc
 
     goal = make_goal(p, episode)
@@ -85,7 +85,7 @@ def _world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, k
                          [*trace.observations, goal.image] if keep_strip else [])
 
 
-def _random_episode(p: Protocol, episode: int) -> EpisodeResult:
+def random_episode(p: Protocol, episode: int) -> EpisodeResult:
     goal = make_goal(p, episode)
     ep = Episode(p, goal)
     spec = ep.env.action_spec()
@@ -95,7 +95,7 @@ def _random_episode(p: Protocol, episode: int) -> EpisodeResult:
     return EpisodeResult(episode, "random", ep.outcome(), goal.start_distance)
 
 
-def _simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
+def simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
     import torch
 
     from jepa.planner import cem
@@ -143,11 +143,11 @@ def run_episodes(model_uri: str | None, policy: str, p: Protocol, cfg: PlannerCo
     out = []
     for e in episodes:
         if policy == "world-model":
-            out.append(_world_model_episode(world, p, cfg, e, keep_strip=e < strips))
+            out.append(world_model_episode(world, p, cfg, e, keep_strip=e < strips))
         elif policy == "random":
-            out.append(_random_episode(p, e))
+            out.append(random_episode(p, e))
         else:
-            out.append(_simulator_cem_episode(p, e))
+            out.append(simulator_cem_episode(p, e))
     return out
 
 

@@ -60,7 +60,7 @@ def dataset_summary(dataset_uri: str) -> dict:
 def load_windows(dataset_uri: str, env: EnvSpec, rank: int, world: int, frames: int) -> list[tuple[int, Any]]:
     """This rank's windows: (episode_index, Window), shard files dealt round robin (or rows, when
     there are fewer files than ranks); each cut to its first ``frames`` steps when ``frames``."""
-    from pipelines.episodes import read_frames_table
+    from pipelines.episodes import read_parquet
 
     uris = sorted(o.uri for o in storage.list_objects(storage.join_uri(dataset_uri, SHARDS), suffixes=(".parquet",)))
     if not uris:
@@ -70,7 +70,7 @@ def load_windows(dataset_uri: str, env: EnvSpec, rank: int, world: int, frames: 
     for i, uri in enumerate(uris):
         if by_files and i % world != rank:
             continue
-        table = read_frames_table(uri).to_pylist()
+        table = read_parquet(uri).to_pylist()
         rows += table if by_files else table[rank::world]
     out = []
     for row in rows:

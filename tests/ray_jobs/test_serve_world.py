@@ -17,7 +17,7 @@ from PIL import Image
 from jepa.world_model import load_world_model
 from pipelines.planning_protocol import Episode, Protocol, make_goal
 from ray_jobs import tracking
-from ray_jobs.eval_plan import _world_model_episode
+from ray_jobs.eval_plan import world_model_episode
 from tiny_models import register_tiny, register_tiny_world
 
 pytestmark = pytest.mark.integration
@@ -153,7 +153,7 @@ def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
                 ep.control(np.asarray(action))
             done, calls, init = done + steps, calls + 1, answer["warm_start"]
         over_http = ep.outcome()
-        in_process = _world_model_episode(world, p, world.planner, episode, keep_strip=False).outcome
+        in_process = world_model_episode(world, p, world.planner, episode, keep_strip=False).outcome
         assert over_http.success == in_process.success
         assert over_http.final_distance == pytest.approx(in_process.final_distance, abs=1e-4)
 
