@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup system-deps lock demo physics test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), regis
 
 physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (over an hour on 2 CPU cores: BENCHMARKS.md)
 	$(JEPA) demo --recipe physics
+
+reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (not yet at its target: docs/world-model.md)
+	$(JEPA) demo --recipe reacher
 
 # Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
 # a test file per worker at a time (module fixtures train once): the suite mostly waits on servers.
