@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa.rope import apply_rope, rope_tables_at
-from jepa.vit import LN_EPS, MLP, init_weights
+from jepa.vit import LN_EPS, MLP, Attention, init_weights
 
 KV = tuple[Tensor, Tensor]
 """One layer's cached keys and values, each (B, heads, L, head_dim)."""
@@ -40,16 +40,8 @@ def block_causal_mask(steps: int, tokens_per_step: int, device: torch.device | N
     return step[:, None] >= step[None, :]
 
 
-class CausalAttention(nn.Module):
-    """Self-attention with 3D RoPE that takes a mask and past keys/values."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+class CausalAttention(Attention):
+    """``jepa.vit.Attention`` that also takes a mask and past keys/values."""
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: KV | None) -> tuple[Tensor, KV]:
         B, L, D = x.shape

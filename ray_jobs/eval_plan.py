@@ -19,7 +19,7 @@ import numpy as np
 
 from jepa.config import PlannerConfig
 from pipelines.planning_protocol import TOLERANCE, Episode, Outcome, Protocol, distance, make_goal, wilson_interval
-from ray_jobs.eval_runs import Table, log_evaluation
+from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
 POLICIES = ("world-model", "random", "simulator-cem")
 SIMULATOR_CEM = PlannerConfig(samples=100, elites=10, iterations=5, horizon=5, replan_every=5)
@@ -41,32 +41,14 @@ class EpisodeResult:
     strip: list[np.ndarray] = field(default_factory=list)
 
 
-@dataclass
-class WorldModelRef:
-    """What `log_evaluation` needs to know about the evaluated model."""
-
-    uri: str
-    name: str
-    version: int | None
-    run_id: str | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}/{self.version}" if self.version is not None else self.name
-
-
 def load_world(uri: str):
     from pathlib import Path
 
     from jepa.world_model import is_world_model, load_world_model
     from ray_jobs import tracking
 
-    if uri.startswith("models:/"):
-        info = tracking.resolve_model_version(uri)
-        folder = tracking.download_checkpoint(uri)
-        ref = WorldModelRef(uri, info["name"], info["version"], info["run_id"])
-    else:
-        folder, ref = Path(uri), WorldModelRef(uri, Path(uri).name, None, None)
+    ref = ModelRef.of(uri)
+    folder = tracking.download_checkpoint(uri) if ref.version is not None else Path(uri)
     if not is_world_model(folder):
         raise ValueError(f"{uri} has no action head: it is not a `jepa train-ac` model, so it cannot plan")
     return load_world_model(folder), ref
@@ -205,7 +187,7 @@ class PlanReport:
 
 
 def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, policies: tuple[str, ...] = POLICIES,
-                  planner: dict[str, Any] | None = None, progress: bool = True) -> tuple[PlanReport, WorldModelRef]:
+                  planner: dict[str, Any] | None = None, progress: bool = True) -> tuple[PlanReport, ModelRef]:
     """Run every policy on goals 0..episodes-1 as Ray tasks of up to ``EPISODES_PER_TASK`` episodes
     each (the world model loads once per task) and collect a report."""
     import ray
@@ -268,7 +250,7 @@ def figures(report: PlanReport) -> dict[str, Any]:
     return out
 
 
-def record(ref: WorldModelRef, report: PlanReport) -> str:
+def record(ref: ModelRef, report: PlanReport) -> str:
     return log_evaluation(ref, "plan", params={k: str(v) for k, v in report.settings.items()},
                           metrics=report.metrics(), result=report.as_dict(), report_md=report.markdown(),
                           figures=figures(report))

@@ -20,9 +20,9 @@ EVAL_EXPERIMENT = "jepa-eval"
 
 
 @dataclass
-class EvaluatedModel:
-    model: JEPA
-    cfg: RunConfig
+class ModelRef:
+    """Which model an evaluation judged: what its MLflow evaluation run is linked to."""
+
     uri: str
     name: str
     version: int | None
@@ -33,17 +33,28 @@ class EvaluatedModel:
     def label(self) -> str:
         return f"{self.name}/{self.version}" if self.version is not None else self.name
 
+    @classmethod
+    def of(cls, uri: str) -> "ModelRef":
+        """A registered model's version and run (`models:/...`), or a local folder by its name."""
+        if uri.startswith("models:/"):
+            info = tracking.resolve_model_version(uri)
+            return cls(uri, info["name"], info["version"], info["run_id"])
+        return cls(uri, Path(uri).name, None, None)
+
+
+@dataclass
+class EvaluatedModel(ModelRef):
+    model: JEPA
+    cfg: RunConfig
+
 
 def load_evaluated_model(uri: str, device: str = "cpu") -> EvaluatedModel:
     """A registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`) or a local checkpoint folder."""
-    if uri.startswith("models:/"):
-        info = tracking.resolve_model_version(uri)
-        model, cfg = load_model(tracking.download_checkpoint(uri), device)
-        return EvaluatedModel(model.eval(), cfg, uri, info["name"], info["version"], info["run_id"])
-    if not Path(uri).is_dir():
+    if not uri.startswith("models:/") and not Path(uri).is_dir():
         raise FileNotFoundError(f"{uri}: not a models:/ URI or a checkpoint folder")
-    model, cfg = load_model(uri, device)
-    return EvaluatedModel(model.eval(), cfg, uri, Path(uri).name, None, None)
+    ref = ModelRef.of(uri)
+    model, cfg = load_model(tracking.download_checkpoint(uri) if ref.version is not None else uri, device)
+    return EvaluatedModel(ref.uri, ref.name, ref.version, ref.run_id, model=model.eval(), cfg=cfg)
 
 
 def random_init(cfg: RunConfig) -> JEPA:
@@ -75,7 +86,7 @@ class Table:
 
 
 def log_evaluation(
-    evaluated: EvaluatedModel,
+    evaluated: ModelRef,
     kind: str,
     *,
     params: dict[str, Any],

@@ -9,8 +9,10 @@ The registered model is a world-model folder: encoder, predictor, env spec and p
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +27,9 @@ from jepa.optim import build_optimizer, lr_at
 from jepa.world_model import PREDICTOR_FILE, WorldModel, build_predictor, save_world_model
 from pipelines import storage
 from pipelines.episode_shards import DATASET_JSON, SHARDS, decode_window
-from pipelines.episodes import EnvSpec
+from pipelines.episodes import EnvSpec, read_parquet
 from ray_jobs import tracking
+from ray_jobs.eval_runs import load_evaluated_model
 from ray_jobs.training.driver import TrainingJob, run_job
 from ray_jobs.training.registration import gather
 from ray_jobs.training.worker import WorkerSession
@@ -48,8 +51,6 @@ class EpisodeTokens:
 
 
 def dataset_summary(dataset_uri: str) -> dict:
-    import json
-
     try:
         return json.loads(storage.get_bytes(storage.join_uri(dataset_uri, DATASET_JSON)))
     except FileNotFoundError:
@@ -60,8 +61,6 @@ def dataset_summary(dataset_uri: str) -> dict:
 def load_windows(dataset_uri: str, env: EnvSpec, rank: int, world: int, frames: int) -> list[tuple[int, Any]]:
     """This rank's windows: (episode_index, Window), shard files dealt round robin (or rows, when
     there are fewer files than ranks); each cut to its first ``frames`` steps when ``frames``."""
-    from pipelines.episodes import read_parquet
-
     uris = sorted(o.uri for o in storage.list_objects(storage.join_uri(dataset_uri, SHARDS), suffixes=(".parquet",)))
     if not uris:
         raise FileNotFoundError(f"no shards under {dataset_uri}/{SHARDS}")
@@ -103,8 +102,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg: ACRunConfig = from_dict(ACRunConfig, loop_config["config"])
     t = cfg.train
     torch.manual_seed(t.seed)
-
-    from ray_jobs.eval_runs import load_evaluated_model
 
     encoder = load_evaluated_model(cfg.model.encoder)
     env = dataset_summary(cfg.data.dataset)["env"]
@@ -158,15 +155,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _save(folder: str, predictor, optimizer, state) -> None:
-    from pathlib import Path
-
     torch.save(predictor.state_dict(), Path(folder) / PREDICTOR_FILE)
     save_train_state(folder, optimizer, state)
 
 
 def _load(folder: str, predictor, optimizer):
-    from pathlib import Path
-
     predictor.load_state_dict(torch.load(Path(folder) / PREDICTOR_FILE, map_location="cpu", weights_only=True))
     return load_train_state(folder, optimizer)
 
