@@ -123,3 +123,14 @@ def test_record_to_s3_then_shard_with_a_corrupt_episode_quarantined(s3_env, ray_
     np.testing.assert_array_equal(window.actions.reshape(-1, 2), np.asarray(table.column("action").to_pylist())[10:30])
     frames = decode_segment(storage.get_bytes(video_uri(root, 1)))
     assert np.abs(window.frames.astype(int) - frames[10:30:5]).mean() < 4
+
+
+def test_point_mass_records_through_the_same_recorder(tmp_path):
+    cfg = RecordConfig(env="point_mass", episodes=1, steps=10, frameskip=5, img_size=32, seed=1)
+    row = record_episode(cfg, 0, str(tmp_path), None)
+    table = read_parquet(data_uri(str(tmp_path), 0))
+    frames = decode_segment(storage.get_bytes(video_uri(str(tmp_path), 0)))
+    assert row["n_frames"] == len(frames) == table.num_rows == 10
+    spec = env_spec("point_mass", load_env("point_mass", 0), 32, 5)
+    assert (spec.domain, spec.action_dim, spec.qpos_dim, spec.qvel_dim) == ("point_mass", 2, 2, 2)
+    assert len(table.column("state")[0].as_py()) == 4
