@@ -64,7 +64,7 @@ demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), regis
 physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (over an hour on 2 CPU cores: BENCHMARKS.md)
 	$(JEPA) demo --recipe physics
 
-reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (not yet at its target: docs/world-model.md)
+reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (figures and status: BENCHMARKS.md)
 	$(JEPA) demo --recipe reacher
 
 # Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
