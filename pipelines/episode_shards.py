@@ -27,11 +27,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.av_streams import VideoDecodeError
-from pipelines.episodes import EnvSpec, data_uri, read_episodes, read_parquet, read_info, video_uri
+from pipelines.episodes import EnvSpec, data_uri, read_episodes, read_info, video_uri
 from pipelines.shards import ClipSpec, decode_segment, encode_segment
 
 SHARDS = "shards"
@@ -129,7 +128,7 @@ def shard_episodes(root: str, indices: list[int], out_uri: str, shard: int, env:
         video = video_uri(root, i)
         try:
             frames = decode_segment(storage.get_bytes(video, settings))  # every frame: one per data row
-            actions, states = check_episode(frames, read_parquet(data_uri(root, i), settings), env, spec)
+            actions, states = check_episode(frames, storage.get_table(data_uri(root, i), settings), env, spec)
         except (BadEpisode, VideoDecodeError, FileNotFoundError, pa.ArrowInvalid, ValueError) as err:
             bad.append({"episode_index": i, "uri": video, "reason": f"{type(err).__name__}: {err}"})
             continue
@@ -137,10 +136,8 @@ def shard_episodes(root: str, indices: list[int], out_uri: str, shard: int, env:
     if rows:
         table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
         table = table.take(np.random.default_rng(shard).permutation(table.num_rows))
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=256, compression="none")
-        storage.put_bytes(storage.join_uri(out_uri, SHARDS, f"episodes-{shard:05d}.parquet"),
-                          sink.getvalue().to_pybytes(), settings)
+        storage.put_table(storage.join_uri(out_uri, SHARDS, f"episodes-{shard:05d}.parquet"), table, settings,
+                          row_group_size=256, compression="none")
     return len(rows), bad
 
 
@@ -168,9 +165,7 @@ def ingest_episodes(root: str, out_uri: str, spec: WindowSpec = WindowSpec(), ep
             bar.update(sizes[done])
     q = pa.Table.from_pylist(quarantined, schema=pa.schema([("episode_index", pa.int32()), ("uri", pa.string()),
                                                              ("reason", pa.string())]))
-    sink = pa.BufferOutputStream()
-    pq.write_table(q, sink)
-    storage.put_bytes(storage.join_uri(out_uri, QUARANTINE), sink.getvalue().to_pybytes(), settings)
+    storage.put_table(storage.join_uri(out_uri, QUARANTINE), q, settings)
     summary = {"source": root, "window": asdict(spec), "env": env.as_dict(), "episodes": len(indices),
                "quarantined": len(quarantined), "windows": windows, "shards": shards}
     storage.put_bytes(storage.join_uri(out_uri, DATASET_JSON), json.dumps(summary, indent=2).encode(), settings)

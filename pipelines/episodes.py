@@ -15,14 +15,12 @@ next, and ``reward`` what the environment returned for that step.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines import storage
 
@@ -104,17 +102,11 @@ def frames_table(actions: np.ndarray, states: np.ndarray, rewards: np.ndarray, c
     })  # fmt: skip
 
 
-def table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def write_meta(root: str, spec: EnvSpec, recording: dict, episodes: pa.Table, settings=None) -> None:
     info = {"format_version": FORMAT_VERSION, "env": spec.as_dict(), "recording": recording,
             "total_episodes": episodes.num_rows, "total_frames": int(pc.sum(episodes["n_frames"]).as_py() or 0),
             "layout": {"video": "videos/episode_{index:06d}.mp4", "data": "data/episode_{index:06d}.parquet"}}
-    storage.put_bytes(storage.join_uri(root, EPISODES), table_bytes(episodes), settings)
+    storage.put_table(storage.join_uri(root, EPISODES), episodes, settings)
     storage.put_bytes(storage.join_uri(root, INFO), json.dumps(info, indent=2).encode(), settings)
 
 
@@ -139,9 +131,4 @@ def read_info(root: str, settings=None) -> dict:
 
 
 def read_episodes(root: str, settings=None) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.get_bytes(storage.join_uri(root, EPISODES), settings)))
-
-
-def read_parquet(uri: str, settings=None) -> pa.Table:
-    """Any parquet object (s3:// or local) as a table: episode data, shards, quarantine."""
-    return pq.read_table(io.BytesIO(storage.get_bytes(uri, settings)))
+    return storage.get_table(storage.join_uri(root, EPISODES), settings)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.episodes import EnvSpec, data_uri, frames_table, table_bytes, video_uri, write_meta
+from pipelines.episodes import EnvSpec, data_uri, frames_table, video_uri, write_meta
 from pipelines.video import encode_mp4
 
 ENVS: dict[str, tuple[str, str, int]] = {
@@ -105,7 +105,7 @@ def record_episode(cfg: RecordConfig, index: int, root: str, settings) -> dict:
     frames, states, rewards = rollout(env, spec, actions)
     video, data = video_uri(root, index), data_uri(root, index)
     storage.put_bytes(video, encode_mp4(frames, spec.fps), settings)
-    storage.put_bytes(data, table_bytes(frames_table(actions, states, rewards, spec.control_timestep)), settings)
+    storage.put_table(data, frames_table(actions, states, rewards, spec.control_timestep), settings)
     return {"episode_index": index, "seed": seed, "n_frames": len(frames), "video": video, "data": data}
 
 

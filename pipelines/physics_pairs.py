@@ -604,12 +604,6 @@ def _build_pair(
 # --- writing a set of pairs ------------------------------------------------------------------
 
 
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def _write_pair(
     cfg: PhysicsConfig, out_uri: str, seed: int, pair_type: str, index: int,
     onset_range_s: tuple[float, float], settings,
@@ -626,7 +620,7 @@ def _write_pair(
     for role, mp4, table in zip(("possible", "impossible"), pair.encode(), tables):
         uris[role] = f"{stem}.{role}.mp4"
         storage.put_bytes(uris[role], mp4, settings)
-        storage.put_bytes(f"{stem}.{role}.state.parquet", _table_bytes(table), settings)
+        storage.put_table(f"{stem}.{role}.state.parquet", table, settings)
     return {
         "pair_id": pair_id, "type": pair_type, "onset_frame": pair.onset_frame, "onset_s": pair.onset_s,
         "possible_uri": uris["possible"], "impossible_uri": uris["impossible"], "seed": this_seed,
@@ -680,7 +674,7 @@ def synthesize_pairs(
             "types": list(types), "n_pairs": n_pairs}  # fmt: skip
     schema = PAIRS_SCHEMA.with_metadata({PAIRS_METADATA_KEY: json.dumps(meta).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
-    storage.put_bytes(storage.join_uri(out_uri, PAIRS_FILE), _table_bytes(table), settings)
+    storage.put_table(storage.join_uri(out_uri, PAIRS_FILE), table, settings)
     return table
 
 

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import io
+
 import boto3
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -245,6 +249,19 @@ def put_bytes(uri: str, data: bytes, settings: S3Settings | None = None) -> None
     if not key:
         raise URIError(f"S3 URI has no object key: {uri!r}")
     s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def put_table(uri: str, table: pa.Table, settings: S3Settings | None = None, **write_options) -> None:
+    """A whole table as one parquet object (``write_options`` go to ``pq.write_table``), serialised
+    here and uploaded with ``put_bytes``."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **write_options)
+    put_bytes(uri, sink.getvalue().to_pybytes(), settings)
+
+
+def get_table(uri: str, settings: S3Settings | None = None) -> pa.Table:
+    """A whole (small) parquet object as a table; missing raises ``FileNotFoundError``."""
+    return pq.read_table(io.BytesIO(get_bytes(uri, settings)))
 
 
 def get_bytes(uri: str, settings: S3Settings | None = None) -> bytes:

@@ -24,7 +24,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines import storage
@@ -337,17 +336,11 @@ def make_video(cfg: PhysicsConfig, seed: int) -> tuple[bytes, pa.Table]:
 # --- writing a dataset ----------------------------------------------------------------------
 
 
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 def _write_one(cfg: PhysicsConfig, out_uri: str, seed: int, index: int, settings) -> str:
     mp4, table = make_video(cfg, video_seed(seed, index))
     stem = storage.join_uri(out_uri, f"physics_{index:06d}")
     storage.put_bytes(f"{stem}.mp4", mp4, settings)
-    storage.put_bytes(f"{stem}.state.parquet", _table_bytes(table), settings)
+    storage.put_table(f"{stem}.state.parquet", table, settings)
     return f"{stem}.mp4"
 
 

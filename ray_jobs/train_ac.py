@@ -27,7 +27,7 @@ from jepa.optim import build_optimizer, lr_at
 from jepa.world_model import PREDICTOR_FILE, WorldModel, build_predictor, save_world_model
 from pipelines import storage
 from pipelines.episode_shards import DATASET_JSON, SHARDS, decode_window
-from pipelines.episodes import EnvSpec, read_parquet
+from pipelines.episodes import EnvSpec
 from ray_jobs import tracking
 from ray_jobs.eval_runs import load_evaluated_model
 from ray_jobs.training.driver import TrainingJob, run_job
@@ -69,7 +69,7 @@ def load_windows(dataset_uri: str, env: EnvSpec, rank: int, world: int, frames: 
     for i, uri in enumerate(uris):
         if by_files and i % world != rank:
             continue
-        table = read_parquet(uri).to_pylist()
+        table = storage.get_table(uri).to_pylist()
         rows += table if by_files else table[rank::world]
     out = []
     for row in rows:

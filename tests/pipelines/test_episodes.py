@@ -9,7 +9,7 @@ from pipelines.episode_shards import (
     ingest_episodes,
 )  # fmt: skip
 from pipelines.episodes import (
-    EnvSpec, data_uri, frames_table, read_episodes, read_parquet, read_info, video_uri,
+    EnvSpec, data_uri, frames_table, read_episodes, read_info, video_uri,
 )  # fmt: skip
 from pipelines.mujoco_record import (
     RecordConfig, env_spec, episode_seed, load_env, physics_state, record, record_episode, render,
@@ -31,7 +31,7 @@ def test_rows_belong_to_their_frames(episode):
     and frame t is what the renderer drew then."""
     root, row = episode
     frames = decode_segment(storage.get_bytes(video_uri(root, 1)))
-    table = read_parquet(data_uri(root, 1))
+    table = storage.get_table(data_uri(root, 1))
     assert row["n_frames"] == len(frames) == table.num_rows == SMALL.steps
     actions = np.asarray(table.column("action").to_pylist())
     states = np.asarray(table.column("state").to_pylist())
@@ -60,7 +60,7 @@ def test_windows_keep_every_frameskip_th_frame_with_its_actions(episode):
     root, _ = episode
     env = EnvSpec.from_dict(spec_dict(load_env("reacher", 0)))
     frames = decode_segment(storage.get_bytes(video_uri(root, 1)))
-    table = read_parquet(data_uri(root, 1))
+    table = storage.get_table(data_uri(root, 1))
     actions, states = check_episode(frames, table, env, WindowSpec(frames=4))
     windows = episode_windows(frames, actions, states, env, WindowSpec(frames=4, stride=1))
     assert [w.start for w in windows] == [0, 1, 2]  # 6 agent steps, windows of 4
@@ -74,7 +74,7 @@ def test_bad_episodes_are_refused_with_a_reason(episode):
     root, _ = episode
     env = EnvSpec.from_dict(spec_dict(load_env("reacher", 0)))
     frames = decode_segment(storage.get_bytes(video_uri(root, 1)))
-    table = read_parquet(data_uri(root, 1))
+    table = storage.get_table(data_uri(root, 1))
     with pytest.raises(BadEpisode, match="29 video frames but 30"):
         check_episode(frames[:-1], table, env, WindowSpec(frames=4))
     with pytest.raises(BadEpisode, match="too short: 6 agent steps"):
@@ -110,16 +110,16 @@ def test_record_to_s3_then_shard_with_a_corrupt_episode_quarantined(s3_env, ray_
     summary = ingest_episodes(root, out, WindowSpec(frames=4, stride=2), episodes_per_shard=2, progress=False)
     assert (summary["episodes"], summary["quarantined"], summary["windows"]) == (3, 1, 4)  # starts 0, 2 of 6 steps
     assert json.loads(storage.get_bytes(storage.join_uri(out, DATASET_JSON)))["windows"] == 4
-    quarantine = read_parquet(storage.join_uri(out, QUARANTINE))  # any parquet object
+    quarantine = storage.get_table(storage.join_uri(out, QUARANTINE))
     assert quarantine.column("episode_index").to_pylist() == [2]
     assert "VideoDecodeError" in quarantine.column("reason")[0].as_py()
 
     shards = storage.list_objects(storage.join_uri(out, SHARDS), suffixes=(".parquet",))
-    rows = [r for s in shards for r in read_parquet(s.uri).to_pylist()]
+    rows = [r for s in shards for r in storage.get_table(s.uri).to_pylist()]
     assert sorted((r["episode_index"], r["start"]) for r in rows) == [(0, 0), (0, 2), (1, 0), (1, 2)]
     row = next(r for r in rows if (r["episode_index"], r["start"]) == (1, 2))
     window = decode_window(row, env)
-    table = read_parquet(data_uri(root, 1))
+    table = storage.get_table(data_uri(root, 1))
     np.testing.assert_array_equal(window.actions.reshape(-1, 2), np.asarray(table.column("action").to_pylist())[10:30])
     frames = decode_segment(storage.get_bytes(video_uri(root, 1)))
     assert np.abs(window.frames.astype(int) - frames[10:30:5]).mean() < 4
@@ -128,7 +128,7 @@ def test_record_to_s3_then_shard_with_a_corrupt_episode_quarantined(s3_env, ray_
 def test_point_mass_records_through_the_same_recorder(tmp_path):
     cfg = RecordConfig(env="point_mass", episodes=1, steps=10, frameskip=5, img_size=32, seed=1)
     row = record_episode(cfg, 0, str(tmp_path), None)
-    table = read_parquet(data_uri(str(tmp_path), 0))
+    table = storage.get_table(data_uri(str(tmp_path), 0))
     frames = decode_segment(storage.get_bytes(video_uri(str(tmp_path), 0)))
     assert row["n_frames"] == len(frames) == table.num_rows == 10
     spec = env_spec("point_mass", load_env("point_mass", 0), 32, 5)
