@@ -31,6 +31,7 @@ import pyarrow as pa
 from pipelines import storage
 from pipelines.av_streams import VideoDecodeError
 from pipelines.episodes import EnvSpec, data_uri, read_episodes, read_info, video_uri
+from pipelines.ray_tasks import finished
 from pipelines.shards import ClipSpec, decode_segment, encode_segment
 
 SHARDS = "shards"
@@ -145,7 +146,6 @@ def ingest_episodes(root: str, out_uri: str, spec: WindowSpec = WindowSpec(), ep
                     progress: bool = True) -> dict:
     """Shard every episode of ``root`` into ``out_uri`` with Ray tasks; returns episode_dataset.json."""
     import ray
-    from tqdm import tqdm
 
     settings = storage.S3Settings.from_env() if storage.is_s3(root) or storage.is_s3(out_uri) else None
     if storage.is_s3(out_uri):
@@ -156,13 +156,9 @@ def ingest_episodes(root: str, out_uri: str, spec: WindowSpec = WindowSpec(), ep
     groups = [indices[i : i + episodes_per_shard] for i in range(0, len(indices), episodes_per_shard)]
     task = ray.remote(num_cpus=1)(shard_episodes)
     sizes = {task.remote(root, g, out_uri, n, env, spec, settings): len(g) for n, g in enumerate(groups)}
-    pending, windows, shards, quarantined = list(sizes), 0, 0, []
-    with tqdm(total=len(indices), desc="episodes -> shards", unit="episode", disable=not progress) as bar:
-        while pending:
-            (done,), pending = ray.wait(pending, num_returns=1)
-            n, bad = ray.get(done)
-            windows, shards, quarantined = windows + n, shards + (n > 0), quarantined + bad
-            bar.update(sizes[done])
+    windows, shards, quarantined = 0, 0, []
+    for _, (n, bad) in finished(sizes, "episodes -> shards", "episode", progress):
+        windows, shards, quarantined = windows + n, shards + (n > 0), quarantined + bad
     q = pa.Table.from_pylist(quarantined, schema=pa.schema([("episode_index", pa.int32()), ("uri", pa.string()),
                                                              ("reason", pa.string())]))
     storage.put_table(storage.join_uri(out_uri, QUARANTINE), q, settings)

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pipelines import storage
 from pipelines.episodes import EnvSpec, data_uri, frames_table, video_uri, write_meta
+from pipelines.ray_tasks import finished
 from pipelines.video import encode_mp4
 
 ENVS: dict[str, tuple[str, str, int]] = {
@@ -112,20 +113,14 @@ def record_episode(cfg: RecordConfig, index: int, root: str, settings) -> dict:
 def record(cfg: RecordConfig, out_uri: str, progress: bool = True, task_cpus: float = 1.0) -> pa.Table:
     """Record ``cfg.episodes`` episodes into ``out_uri`` as Ray tasks; returns meta/episodes.parquet."""
     import ray
-    from tqdm import tqdm
 
     settings = storage.S3Settings.from_env() if storage.is_s3(out_uri) else None
     if settings is not None:
         storage.ensure_bucket(out_uri, settings)
     spec = env_spec(cfg.env, load_env(cfg.env, cfg.seed), cfg.img_size, cfg.frameskip)  # fails fast, before tasks
     task = ray.remote(num_cpus=task_cpus)(record_episode)
-    pending = [task.remote(cfg, i, out_uri, settings) for i in range(cfg.episodes)]
-    rows = []
-    with tqdm(total=cfg.episodes, desc=f"{cfg.env} episodes", unit="episode", disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            rows.extend(ray.get(done))
-            bar.update(len(done))
+    refs = {task.remote(cfg, i, out_uri, settings): 1 for i in range(cfg.episodes)}
+    rows = [row for _, row in finished(refs, f"{cfg.env} episodes", "episode", progress)]
     rows.sort(key=lambda r: r["episode_index"])
     episodes = pa.Table.from_pylist(rows)
     recording = {**asdict(cfg), "policy": "uniform random, each draw held for frameskip control steps",

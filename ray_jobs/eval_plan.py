@@ -19,6 +19,7 @@ import numpy as np
 
 from jepa.config import PlannerConfig
 from pipelines.planning_protocol import TOLERANCE, Episode, Outcome, Protocol, distance, make_goal, wilson_interval
+from pipelines.ray_tasks import finished
 from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
 POLICIES = ("world-model", "random", "simulator-cem")
@@ -191,7 +192,6 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
     """Run every policy on goals 0..episodes-1 as Ray tasks of up to ``EPISODES_PER_TASK`` episodes
     each (the world model loads once per task) and collect a report."""
     import ray
-    from tqdm import tqdm
 
     from jepa.config import from_dict
 
@@ -203,16 +203,11 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
     p = Protocol(env=spec["domain"], frameskip=spec["frameskip"], img_size=spec["img_size"])
     task = ray.remote(num_cpus=1)(run_episodes)
     chunks = [list(range(i, min(i + EPISODES_PER_TASK, episodes))) for i in range(0, episodes, EPISODES_PER_TASK)]
-    futures = {task.remote(model_uri, policy, p, cfg, chunk, STRIP_EPISODES): (policy, len(chunk))
-               for policy in policies for chunk in chunks}
+    policy_of = {task.remote(model_uri, policy, p, cfg, chunk, STRIP_EPISODES): (policy, len(chunk))
+                 for policy in policies for chunk in chunks}
     results: dict[str, list[EpisodeResult]] = {policy: [] for policy in policies}
-    pending = list(futures)
-    with tqdm(total=episodes * len(policies), desc="plan episodes", unit="episode", disable=not progress) as bar:
-        while pending:
-            (done,), pending = ray.wait(pending, num_returns=1)
-            policy, n = futures[done]
-            results[policy] += ray.get(done)
-            bar.update(n)
+    for done, rs in finished({r: n for r, (_, n) in policy_of.items()}, "plan episodes", "episode", progress):
+        results[policy_of[done][0]] += rs
     for rs in results.values():
         rs.sort(key=lambda r: r.episode)
     starts = [r.start_distance for r in next(iter(results.values()))]
