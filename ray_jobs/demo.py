@@ -3,14 +3,11 @@ held-out evaluation -> deploy on Ray Serve -> embed a held-out video over HTTP."
 
 from __future__ import annotations
 
-import os
 import time
 
 import mlflow
 import requests
 
-from infra.config import StackConfig
-from infra.stack import Stack
 from jepa.checkpoint import load_model
 from jepa.config import load_config
 from pipelines.direct_clips import list_videos
@@ -20,15 +17,7 @@ from ray_jobs import tracking
 from ray_jobs.evaluate import MIN_IMPROVEMENT, MIN_TARGET_STD, held_out_report, load_held_out_clips
 from ray_jobs.pretrain import pretrain
 from ray_jobs.serve_app import deploy, load_serve_config
-
-class _Stage:
-    def __init__(self, total: int):
-        self.total, self.n, self.t0 = total, 0, time.perf_counter()
-
-    def __call__(self, title: str) -> None:
-        self.n += 1
-        print(f"\n=== [{self.n}/{self.total}] {title}  (t+{time.perf_counter() - self.t0:.0f}s)", flush=True)
-
+from ray_jobs.stages import Stages, local_stack
 
 def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
@@ -43,13 +32,11 @@ def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:
 
 
 def run_demo(videos: int = 200, config: str = "configs/tiny.yaml", overrides: list[str] = ()) -> None:
-    stage = _Stage(7)
+    stage = Stages(7)
     cfg = load_config(config, list(overrides))
 
     stage("local stack: SeaweedFS S3, MLflow server, Ray head")
-    stack = Stack(StackConfig())
-    stack.up()
-    os.environ.update(stack.env())
+    local_stack()
 
     stage(f"synthesise {videos} physics videos into {cfg.data.source}")
     have = len(list_videos(cfg.data.source))

@@ -7,18 +7,15 @@ evaluations and print their tables. Every figure lands in MLflow (experiment jep
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.config import StackConfig
-from infra.stack import Stack
 from jepa.config import load_config
 from pipelines.direct_clips import list_videos
 from pipelines.storage import join_uri, list_objects
 from pipelines.physics_pairs import synthesize_pairs
 from pipelines.synth_physics import PhysicsConfig, synthesize
+from ray_jobs.stages import Stages, local_stack
 
 WORLD = PhysicsConfig(size=64, fps=16, seconds=4.0, background="plain", max_balls=3, radius_range=(0.08, 0.13))
 """The recipe's world, rendered at the model's 64 px (decoding does not downscale): plain
@@ -31,10 +28,6 @@ class RecipeSizes:
     train_videos: int = 1000
     pairs_per_type: int = 200
     probe_videos: int = 400
-
-
-def _stage(title: str, t0: float) -> None:
-    print(f"\n=== {title}  (t+{time.perf_counter() - t0:.0f}s)", flush=True)
 
 
 def _synth_once(uri: str, n: int, seed: int) -> None:
@@ -55,18 +48,16 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     from ray_jobs.pretrain import pretrain
 
     sizes = sizes or RecipeSizes()
-    t0 = time.perf_counter()
+    stage = Stages()
     cfg = load_config(config, list(overrides))
     root = cfg.data.source.rsplit("/", 1)[0]
     pairs_uri, probe_uri = join_uri(root, "pairs"), join_uri(root, "probe")
 
-    _stage("local stack: SeaweedFS S3, MLflow server, Ray head", t0)
-    stack = Stack(StackConfig())
-    stack.up()
-    os.environ.update(stack.env())
+    stage("local stack: SeaweedFS S3, MLflow server, Ray head")
+    local_stack()
 
-    _stage(f"synthesise {sizes.train_videos} training videos, {sizes.pairs_per_type} pairs per type, "
-           f"{sizes.probe_videos} probe videos", t0)
+    stage(f"synthesise {sizes.train_videos} training videos, {sizes.pairs_per_type} pairs per type, "
+           f"{sizes.probe_videos} probe videos")
     _synth_once(cfg.data.source, sizes.train_videos, seed=cfg.train.seed)
     _synth_once(probe_uri, sizes.probe_videos, seed=cfg.train.seed + 2)
     if any(list_objects(pairs_uri, suffixes=("pairs.parquet",))):
@@ -74,16 +65,16 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     else:
         synthesize_pairs(sizes.pairs_per_type, pairs_uri, seed=cfg.train.seed + 1, cfg=WORLD)
 
-    _stage(f"pretrain {cfg.model.arch} for {cfg.train.steps} steps ({cfg.train.num_workers} Ray Train workers)", t0)
+    stage(f"pretrain {cfg.model.arch} for {cfg.train.steps} steps ({cfg.train.num_workers} Ray Train workers)")
     result = pretrain(cfg)
     evaluated = load_evaluated_model(result.model_uri)
 
-    _stage(f"surprise on {pairs_uri}", t0)
+    stage(f"surprise on {pairs_uri}")
     surprise = evaluate_surprise(evaluated, pairs_uri)
     record_surprise(evaluated, surprise)
     print(surprise.table().text())
 
-    _stage(f"attentive probes on {probe_uri}", t0)
+    stage(f"attentive probes on {probe_uri}")
     probes = evaluate_probes(evaluated, probe_uri)
     record_probe(evaluated, probes)
     print(probes.table().text())
@@ -91,4 +82,4 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     if report:
         Path(report).write_text(surprise.markdown() + "\n" + probes.markdown())
         print(f"\nreport: {report}")
-    _stage(f"done: {result.model_uri}", t0)
+    stage(f"done: {result.model_uri}")

@@ -8,15 +8,12 @@ simulator-CEM ceiling, and print the table. Steps whose output is already in the
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.config import StackConfig
-from infra.stack import Stack
 from jepa.config import load_ac_config, load_config
 from pipelines import storage
+from ray_jobs.stages import Stages, local_stack
 
 
 @dataclass
@@ -24,10 +21,6 @@ class RecipeSizes:
     episodes: int = 300
     steps: int = 250
     eval_episodes: int = 50
-
-
-def _stage(title: str, t0: float) -> None:
-    print(f"\n=== {title}  (t+{time.perf_counter() - t0:.0f}s)", flush=True)
 
 
 def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "configs/reacher-ac.yaml",
@@ -42,20 +35,19 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     from ray_jobs.train_ac import train_ac
 
     sizes = sizes or RecipeSizes()
-    t0 = time.perf_counter()
+    stage = Stages()
     ac_overrides = [o.removeprefix("ac.") for o in overrides if o.startswith("ac.")]
     enc_cfg = load_config(encoder_config, [o for o in overrides if not o.startswith("ac.")])
     videos = enc_cfg.data.source
     episodes = videos.rstrip("/").rsplit("/", 1)[0]  # the encoder trains on P/videos of episode dataset P
 
-    _stage("local stack: SeaweedFS S3, MLflow server, Ray head", t0)
-    stack = Stack(StackConfig())
-    stack.up()
-    os.environ.update(stack.env())
+    stage("local stack: SeaweedFS S3, MLflow server, Ray head")
+    local_stack()
 
-    _stage(f"record {sizes.episodes} reacher episodes of {sizes.steps} control steps to {episodes}", t0)
-    if is_episode_dataset(episodes) and read_info(episodes)["total_episodes"] >= sizes.episodes:
-        print(f"{read_info(episodes)['total_episodes']} episodes already in {episodes}; reusing them")
+    stage(f"record {sizes.episodes} reacher episodes of {sizes.steps} control steps to {episodes}")
+    have = read_info(episodes)["total_episodes"] if is_episode_dataset(episodes) else 0
+    if have >= sizes.episodes:
+        print(f"{have} episodes already in {episodes}; reusing them")
     else:
         from ray_jobs.cluster import connect
 
@@ -63,27 +55,27 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
         record(RecordConfig(env="reacher", episodes=sizes.episodes, steps=sizes.steps, img_size=enc_cfg.model.img_size),
                episodes)
 
-    _stage(f"pretrain the encoder ({encoder_config}, {enc_cfg.train.steps} steps)", t0)
+    stage(f"pretrain the encoder ({encoder_config}, {enc_cfg.train.steps} steps)")
     encoder = pretrain(enc_cfg)
 
     ac = load_ac_config(ac_config, [*ac_overrides, f"model.encoder={encoder.model_uri}"])
     windows = ac.data.dataset
     spec = WindowSpec(frames=ac.data.frames or WindowSpec.frames)
-    _stage(f"episodes -> windows of {spec.frames} agent steps in {windows}", t0)
+    stage(f"episodes -> windows of {spec.frames} agent steps in {windows}")
     try:
         storage.get_bytes(storage.join_uri(windows, DATASET_JSON))
         print(f"windows already in {windows}; reusing them")
     except FileNotFoundError:
         ingest_episodes(episodes, windows, spec)
 
-    _stage(f"train the action-conditioned predictor ({ac_config}, {ac.train.steps} steps)", t0)
+    stage(f"train the action-conditioned predictor ({ac_config}, {ac.train.steps} steps)")
     world = train_ac(ac)
 
-    _stage(f"plan toward {sizes.eval_episodes} held-out goals: world model, random, simulator CEM", t0)
+    stage(f"plan toward {sizes.eval_episodes} held-out goals: world model, random, simulator CEM")
     plan, ref = evaluate_plan(world.model_uri, episodes=sizes.eval_episodes)
     record_plan(ref, plan)
     print(plan.table().text())
     if report:
         Path(report).write_text(plan.markdown())
         print(f"\nreport: {report}")
-    _stage(f"done: {world.model_uri}", t0)
+    stage(f"done: {world.model_uri}")
