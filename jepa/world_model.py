@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from jepa.ac_predictor import ACPredictor, layer_normed
 from jepa.checkpoint import load_model, save_model
 from jepa.config import ACModelConfig, PlannerConfig, RunConfig, from_dict
-from jepa.model import JEPA
+from jepa.model import JEPA, token_grid
 from jepa.transforms import clips_to_tensor
 
 ENCODER_DIR = "encoder"
@@ -44,8 +44,7 @@ class WorldModel(nn.Module):
     @property
     def token_grid(self) -> tuple[int, int]:
         """The encoder's token grid of one frame, before pooling."""
-        side = self.img_size // self.encoder_cfg.model.patch_size
-        return side, side
+        return self.jepa.token_grid[1:]
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray | Tensor, batch: int = 256) -> Tensor:
@@ -76,11 +75,10 @@ def pool_tokens(tokens: Tensor, grid: tuple[int, int], pool: int) -> Tensor:
 
 
 def pooled_grid(encoder_cfg: RunConfig, pool: int) -> tuple[int, int]:
-    m = encoder_cfg.model
-    side = m.img_size // m.patch_size
-    if side % pool:
-        raise ValueError(f"model.pool={pool} does not divide the encoder's {side}x{side} token grid")
-    return side // pool, side // pool
+    h, w = token_grid(encoder_cfg.model)[1:]
+    if h % pool or w % pool:
+        raise ValueError(f"model.pool={pool} does not divide the encoder's {h}x{w} token grid")
+    return h // pool, w // pool
 
 
 def build_predictor(encoder: JEPA, encoder_cfg: RunConfig, cfg: ACModelConfig, env: dict) -> ACPredictor:
