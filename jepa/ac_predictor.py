@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa.rope import apply_rope, rope_tables_at
-from jepa.vit import LN_EPS, MLP, Attention, init_weights
+from jepa.vit import LN_EPS, Attention, Block, init_weights
 
 KV = tuple[Tensor, Tensor]
 """One layer's cached keys and values, each (B, heads, L, head_dim)."""
@@ -53,15 +53,11 @@ class CausalAttention(Attention):
         return self.proj(a.transpose(1, 2).reshape(B, L, D)), (k, v)
 
 
-class CausalBlock(nn.Module):
-    """Pre-norm transformer block over ``CausalAttention``."""
+class CausalBlock(Block):
+    """``jepa.vit.Block`` over ``CausalAttention``: takes a mask and past keys/values, returns its own."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = CausalAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        super().__init__(dim, num_heads, mlp_ratio, attention=CausalAttention)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
                 past: KV | None = None) -> tuple[Tensor, KV]:
