@@ -112,6 +112,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                               cfg.data.frames))
     session.print(f"rank {session.rank}: {len(data.frame_ids)} windows of {data.frame_ids.shape[1]} steps, "
                   f"{len(data.tokens)} frames encoded in {time.perf_counter() - t0:.0f}s")
+    if session.logger:  # the same in the run, where it does not depend on worker logs reaching the driver
+        session.logger.set_tag("jepa.rank0_data", f"{len(data.frame_ids)} windows of {data.frame_ids.shape[1]} "
+                                                  f"steps, {len(data.tokens)} frames encoded")
     if cfg.model.uses_state:  # the same statistics on every rank: from all ranks' windows
         parts = gather((data.states.sum((0, 1)), (data.states ** 2).sum((0, 1)), data.states[..., 0].numel()), session.world)
         n = sum(p[2] for p in parts)

@@ -32,10 +32,11 @@ def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_e
           "tracking.registered_model=jepa-ac-test"])
     out = capsys.readouterr().out
     assert "registered models:/jepa-ac-test/1 (@candidate)" in out
-    # 4 episodes of 8 agent steps -> windows at 0, 2, 4 -> 12, in 2 shard files: one per rank
-    assert "rank 0: 6 windows of 4 steps, 16 frames encoded" in out
-
     run_id = MlflowClient().get_model_version("jepa-ac-test", "1").run_id
+    # 4 episodes of 8 agent steps -> windows at 0, 2, 4 -> 12, in 2 shard files: one per rank. Read
+    # from the run's tag: worker prints reach the driver's stdout asynchronously
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags["jepa.rank0_data"] == "6 windows of 4 steps, 16 frames encoded"
     history = MlflowClient().get_metric_history(run_id, "teacher")
     assert [m.step for m in history] == [0, 2, 4, 5]
     assert MlflowClient().get_run(run_id).data.tags["jepa.encoder"] == encoder
