@@ -208,7 +208,8 @@ def _config(args: argparse.Namespace) -> None:
 
 
 def _serve_deploy(args: argparse.Namespace) -> None:
-    from ray_jobs.serve_app import deploy, load_serve_config
+    from ray_jobs.serve_app import deploy
+    from ray_jobs.serve_config import load_serve_config
 
     url = deploy(args.model, load_serve_config(args.config, args.overrides))
     print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed, POST {url}/v1/surprise)")

@@ -16,7 +16,8 @@ from pipelines.synth_physics import synthesize
 from ray_jobs import tracking
 from ray_jobs.evaluate import MIN_IMPROVEMENT, MIN_TARGET_STD, held_out_report, load_held_out_clips
 from ray_jobs.pretrain import pretrain
-from ray_jobs.serve_app import deploy, load_serve_config
+from ray_jobs.serve_app import deploy
+from ray_jobs.serve_config import load_serve_config
 from ray_jobs.stages import Stages, local_stack
 
 def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:

@@ -4,11 +4,11 @@ Every error a caller can fix is a 4xx JSON `{"error": ...}`; a bad upload never 
 """
 
 
+import itertools
 import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,48 +18,27 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve import metrics
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jepa.checkpoint import load_model
 from jepa.world_model import is_world_model, load_world_model
-from jepa.config import load_yaml
 from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
-from pipelines.storage import URIError, get_bytes, is_s3, parse_uri
+from pipelines.storage import URIError, get_bytes
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
 from ray_jobs import serve_world, tracking
 from ray_jobs.cluster import connect, forwarded_env, require_cluster
+from ray_jobs.serve_config import ServeConfig
+from ray_jobs.serve_guard import BodyLimit, check_uri, check_video, token_matches
 
 APP_NAME = "jepa"
 
 
-@dataclass
-class ServeConfig:
-    min_replicas: int = 1
-    """Autoscaling floor."""
-    max_replicas: int = 2
-    """Autoscaling ceiling."""
-    target_ongoing_requests: float = 2.0
-    """Requests in flight per replica that autoscaling aims for."""
-    num_cpus: float = 0.5
-    """Ray CPUs reserved by each replica."""
-    host: str = "127.0.0.1"
-    """HTTP bind address of the Serve proxy."""
-    port: int = 8000
-    """HTTP port of the Serve proxy."""
-    max_upload_mb: float = 64.0
-    """Uploads (and objects named by /v1/surprise) above this size are refused with 413."""
-    max_surprise_frames: int = 256
-    """/v1/surprise scores at most this many frames (at the model's fps) from a video's start; the
-    answer says when a video was longer (`truncated`)."""
-    max_plan_samples: int = 2048
-    """/v1/plan refuses more CEM samples per iteration than this (422): one request must not hold a
-    replica for minutes."""
-
-
 app = FastAPI(title="jepa-ray", description="Embeddings, surprise, prediction and planning from a V-JEPA world model")
+app.add_middleware(BodyLimit)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -76,7 +55,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 def _require_token(request: Request) -> None:
     token = os.environ.get("JEPA_API_TOKEN")
-    if token and request.headers.get("authorization") != f"Bearer {token}":
+    if token and not token_matches(request.headers.get("authorization"), token):
         raise HTTPException(401, "missing or wrong bearer token")
 
 
@@ -143,7 +122,7 @@ def _surprise_fields(fields: Mapping[str, Any]) -> tuple[FormFile | None, str | 
 @serve.deployment
 @serve.ingress(app)
 class JepaService:
-    def __init__(self, model_uri: str, max_upload_bytes: int, max_surprise_frames: int, max_plan_samples: int):
+    def __init__(self, model_uri: str, cfg: ServeConfig):
         self.info = tracking.resolve_model_version(model_uri)
         folder = tracking.download_checkpoint(model_uri)
         self.world = load_world_model(folder) if is_world_model(folder) else None
@@ -152,10 +131,20 @@ class JepaService:
             self.model, self.cfg = self.world.jepa, self.world.encoder_cfg
         else:
             self.model, self.cfg = load_model(folder)
-        self.max_upload_bytes = max_upload_bytes
-        self.max_surprise_frames = max_surprise_frames
-        self.max_plan_samples = max_plan_samples
+        self.limits = cfg
+        self.max_upload_bytes = cfg.max_upload_bytes
+        app.state.max_body_bytes = cfg.max_upload_bytes  # read by BodyLimit in this replica's process
+        self._embed_batch.set_max_batch_size(cfg.max_batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.forwards = itertools.count(1)
+        self.batch_sizes = metrics.Histogram("jepa_embed_batch_size", description="Clips per /v1/embed forward pass",
+                                             boundaries=[1, 2, 4, 8, 16, 32, 64])
         torch.set_num_threads(1)
+
+    def check_health(self) -> None:
+        """Serve's health probe: a replica whose model is gone is restarted."""
+        if self.model is None or next(self.model.parameters(), None) is None:
+            raise RuntimeError(f"replica of {self.model_name} has no model loaded")
 
     @property
     def model_name(self) -> str:
@@ -171,12 +160,9 @@ class JepaService:
         return data
 
     def _fetch(self, uri: str) -> bytes:
-        """The object at `uri`, s3:// only: anything else would read the replica's own files."""
-        if not is_s3(uri):
-            raise HTTPException(400, f"uri must name an object as s3://BUCKET/KEY, got {uri!r}")
+        """The object at `uri`, in an allowed bucket only: anything else is refused before any read."""
+        check_uri(uri, self.limits.allowed_buckets)
         try:
-            if not parse_uri(uri)[1]:
-                raise URIError(f"S3 URI has no object key: {uri!r}")
             data = get_bytes(uri)
         except URIError as e:
             raise HTTPException(400, f"bad uri: {e}") from None
@@ -193,6 +179,11 @@ class JepaService:
         self._check_size(len(data), "object")
         return data
 
+    def _check_video(self, data: bytes, name: str) -> None:
+        """What the ingest would quarantine (a still image, not a video, truncated) and what the
+        limits exclude is a 4xx here too."""
+        check_video(data, name, self.limits.max_video_seconds, self.limits.max_image_side)
+
     def _surprise_setup(self) -> tuple[int, int, str]:
         """(mask index, context time steps, mask kind) for surprise: the model's future mask config
         if it has one, else mask token 0 with half of the token time steps as context."""
@@ -208,7 +199,7 @@ class JepaService:
     def _decode_video(self, data: bytes) -> tuple[np.ndarray, bool]:
         """Up to `max_surprise_frames` frames from the start at the model's fps, and whether the
         video was longer; 422 if it is shorter than one window."""
-        fps, cap = self.cfg.data.fps, self.max_surprise_frames
+        fps, cap = self.cfg.data.fps, self.limits.max_surprise_frames
         frames = decode_video(data, fps=fps, size=self.cfg.model.img_size, max_frames=cap + 1)  # +1: longer?
         window = self.model.token_grid[0] * self.model.encoder.tubelet_size
         if len(frames) < window:
@@ -246,7 +237,7 @@ class JepaService:
         representation of each imagined step (docs/http-api.md)."""
         world = self._world("/v1/predict")
         body = await _json_body(request)
-        return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.max_upload_bytes)
+        return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.limits)
 
     @app.post("/v1/plan", dependencies=[Depends(_require_token)])
     async def plan(self, request: Request) -> dict[str, Any]:
@@ -254,27 +245,45 @@ class JepaService:
         planned actions per control step (docs/http-api.md)."""
         world = self._world("/v1/plan")
         body = await _json_body(request)
-        return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.max_upload_bytes,
-                                       self.max_plan_samples)
+        return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.limits)
 
     @app.post("/v1/embed", dependencies=[Depends(_require_token)])
-    def embed(self, video: UploadFile = File(...), start_s: float = Form(0.0)) -> dict[str, Any]:
-        data = self._read_upload(video)
+    async def embed(self, video: UploadFile = File(...), start_s: float = Form(0.0)) -> dict[str, Any]:
+        """Reading and decoding run per request, off the event loop; the forward is batched."""
         if start_s < 0:
             raise HTTPException(422, "start_s must be >= 0")
-        m = self.cfg.model
         t0 = time.perf_counter()
-        with _decoding(video.filename or "upload"):
-            clip = decode_clip(data, m.num_frames, self.cfg.data.fps, m.img_size, start_s=start_s)
-        with torch.no_grad():
-            tokens = self.model.embed(clips_to_tensor(clip[None], torch.device("cpu")))  # (1, N, D)
+        clip = await run_in_threadpool(self._embed_input, video, start_s)
+        embedding, batch = await self._embed_batch(clip)
         return {
             "model": self.model_name,
-            "embedding": tokens.mean(dim=1)[0].tolist(),
-            "dim": tokens.shape[-1],
+            "embedding": embedding,
+            "dim": len(embedding),
             "token_grid": list(self.model.token_grid),
+            "batch": batch,
             "latency_ms": round(1000 * (time.perf_counter() - t0), 1),
         }
+
+    def _embed_input(self, video: UploadFile, start_s: float) -> np.ndarray:
+        data = self._read_upload(video)
+        name = video.filename or "upload"
+        self._check_video(data, name)
+        m = self.cfg.model
+        with _decoding(name):
+            return decode_clip(data, m.num_frames, self.cfg.data.fps, m.img_size, start_s=start_s)
+
+    @serve.batch
+    async def _embed_batch(self, clips: list[np.ndarray]) -> list[tuple[list[float], dict[str, int]]]:
+        """One forward over the clips of every request that arrived together."""
+        batch = {"size": len(clips), "forward": next(self.forwards)}
+        self.batch_sizes.observe(len(clips))
+        pooled = await run_in_threadpool(self._pooled_embeddings, np.stack(clips))
+        return [(row, batch) for row in pooled]
+
+    def _pooled_embeddings(self, clips: np.ndarray) -> list[list[float]]:
+        with torch.no_grad():
+            tokens = self.model.embed(clips_to_tensor(clips, torch.device("cpu")))  # (B, N, D)
+        return tokens.mean(dim=1).tolist()
 
     @app.post("/v1/surprise", dependencies=[Depends(_require_token)])
     async def surprise(self, request: Request) -> dict[str, Any]:
@@ -293,6 +302,7 @@ class JepaService:
         mask_index, context_steps, kind = self._surprise_setup()
         data = self._read_upload(upload) if upload is not None else self._fetch(uri)
         t0 = time.perf_counter()
+        self._check_video(data, uri or upload.filename or "upload")
         with _decoding(uri or upload.filename or "upload"):
             frames, truncated = self._decode_video(data)
         video = clips_to_tensor(frames[None], torch.device("cpu"))[0]  # (3, F, H, W)
@@ -317,7 +327,7 @@ def build_app(model_uri: str, cfg: ServeConfig):
             "target_ongoing_requests": cfg.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
-    ).bind(model_uri, int(cfg.max_upload_mb * 2**20), cfg.max_surprise_frames, cfg.max_plan_samples)
+    ).bind(model_uri, cfg)
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:
@@ -327,10 +337,6 @@ def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:
     require_cluster("deploy into")
     tracking.resolve_model_version(model_uri)  # fail here, with a clear error, if the model is unknown
     connect()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     serve.run(build_app(model_uri, cfg), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}"
-
-
-def load_serve_config(path: str | None, overrides: list[str]) -> ServeConfig:
-    return load_yaml(ServeConfig, path, overrides)

@@ -2,7 +2,7 @@
 
 Every value a caller sends is checked before any compute: images must decode (base64 PNG/JPEG,
 square), numbers must be finite, actions must have the model's width and lie in its bounds,
-counts must stay within the limits in ``ServeConfig``. Each failure is a 4xx naming the field.
+counts and sizes must stay within the limits in ``ServeConfig``. Each failure is a 4xx naming the field.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi import HTTPException
 from jepa.config import ConfigError, PlannerConfig, from_dict
 from jepa.mpc import plan_toward, warm_start
 from jepa.world_model import WorldModel
+from ray_jobs.serve_config import ServeConfig
 
 PREDICT_FIELDS = ("frames", "actions", "state")
 PLAN_FIELDS = ("observation", "goal", "state", "horizon", "samples", "iterations", "elites", "seed", "init_actions")
@@ -48,7 +49,7 @@ def check_fields(body: dict[str, Any], allowed: tuple[str, ...], required: tuple
         raise HTTPException(422, f"missing field(s) {', '.join(missing)}")
 
 
-def decode_image(value: Any, name: str, max_bytes: int) -> np.ndarray:
+def decode_image(value: Any, name: str, limits: ServeConfig) -> np.ndarray:
     """A base64 PNG or JPEG (a `data:image/...;base64,` prefix allowed) -> uint8 (H, W, 3), square."""
     from PIL import Image, UnidentifiedImageError
 
@@ -56,6 +57,7 @@ def decode_image(value: Any, name: str, max_bytes: int) -> np.ndarray:
         raise HTTPException(422, f"{name} must be a base64-encoded PNG or JPEG string")
     if value.startswith("data:"):
         value = value.split(",", 1)[-1]
+    max_bytes = limits.max_upload_bytes
     if len(value) > max_bytes * 4 // 3 + 4:
         raise HTTPException(413, f"{name} larger than {max_bytes} bytes")
     try:
@@ -63,6 +65,9 @@ def decode_image(value: Any, name: str, max_bytes: int) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as img:
             if img.format not in ("PNG", "JPEG"):
                 raise HTTPException(422, f"{name} must be a PNG or JPEG image, got {img.format}")
+            if max(img.size) > limits.max_image_side:  # from the header, before decoding the pixels
+                raise HTTPException(413, f"{name} is {img.size[0]}x{img.size[1]}, larger than "
+                                         f"{limits.max_image_side} px on a side")
             rgb = np.asarray(img.convert("RGB"))
     except (binascii.Error, ValueError):
         raise HTTPException(422, f"{name} is not valid base64") from None
@@ -126,14 +131,14 @@ def whole_number(body: dict[str, Any], name: str, default: int, lo: int, hi: int
     return value
 
 
-def predict(world: WorldModel, body: dict[str, Any], model: str, max_bytes: int) -> dict[str, Any]:
+def predict(world: WorldModel, body: dict[str, Any], model: str, limits: ServeConfig) -> dict[str, Any]:
     """Context frames, the actions between them, then the actions to imagine -> the pooled
     representation of every imagined step."""
     check_fields(body, PREDICT_FIELDS, ("frames", "actions"))
     frames = body["frames"]
     if not isinstance(frames, list) or not 1 <= len(frames) <= MAX_CONTEXT_FRAMES:
         raise HTTPException(422, f"frames must be a list of 1 to {MAX_CONTEXT_FRAMES} base64 images")
-    decoded = [decode_image(f, f"frames[{i}]", max_bytes) for i, f in enumerate(frames)]
+    decoded = [decode_image(f, f"frames[{i}]", limits) for i, f in enumerate(frames)]
     if len({d.shape for d in decoded}) > 1:
         raise HTTPException(422, f"frames differ in size: {sorted({d.shape[0] for d in decoded})}")
     images, C = np.stack(decoded), len(frames)
@@ -151,12 +156,12 @@ def predict(world: WorldModel, body: dict[str, Any], model: str, max_bytes: int)
     return out
 
 
-def plan(world: WorldModel, body: dict[str, Any], model: str, max_bytes: int, max_samples: int) -> dict[str, Any]:
+def plan(world: WorldModel, body: dict[str, Any], model: str, limits: ServeConfig) -> dict[str, Any]:
     """One CEM plan from an observation toward a goal image; actions per control step."""
     check_fields(body, PLAN_FIELDS, ("observation", "goal"))
     p = world.planner
     horizon = whole_number(body, "horizon", p.horizon, 1, MAX_HORIZON)
-    samples = whole_number(body, "samples", p.samples, 1, max_samples)
+    samples = whole_number(body, "samples", p.samples, 1, limits.max_plan_samples)
     iterations = whole_number(body, "iterations", p.iterations, 1, MAX_ITERATIONS)
     elites = whole_number(body, "elites", min(p.elites, samples), 1, samples)
     seed = whole_number(body, "seed", 0, 0, 2**63 - 1)
@@ -165,8 +170,8 @@ def plan(world: WorldModel, body: dict[str, Any], model: str, max_bytes: int, ma
                                         "elites": elites, "replan_every": min(p.replan_every, horizon)})
     except ConfigError as err:
         raise HTTPException(422, str(err)) from None
-    observation = decode_image(body["observation"], "observation", max_bytes)
-    goal_image = decode_image(body["goal"], "goal", max_bytes)
+    observation = decode_image(body["observation"], "observation", limits)
+    goal_image = decode_image(body["goal"], "goal", limits)
     states = states_for(world, body.get("state"), 1)
     init = None
     if body.get("init_actions") is not None:

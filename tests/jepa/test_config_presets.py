@@ -13,7 +13,7 @@ from jepa.model import build_jepa
 from jepa.rope import axis_dim
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-NOT_RUN_CONFIGS = {"serve.yaml"}  # read by ray_jobs.serve_app.load_serve_config
+NOT_RUN_CONFIGS = {"serve.yaml"}  # read by ray_jobs.serve_config.load_serve_config
 AC_CONFIGS = sorted(CONFIGS.glob("*-ac.yaml"))  # `jepa train-ac` configs (ACRunConfig)
 RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in NOT_RUN_CONFIGS and p not in AC_CONFIGS)
 MIN_KEEP = 4

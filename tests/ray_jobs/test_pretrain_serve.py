@@ -95,7 +95,8 @@ def test_registered_model_loads_as_pyfunc(trained):
 def endpoint(trained):
     from ray import serve
 
-    from ray_jobs.serve_app import ServeConfig, deploy
+    from ray_jobs.serve_app import deploy
+    from ray_jobs.serve_config import ServeConfig
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,7 +104,7 @@ def endpoint(trained):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JEPA_API_TOKEN", TOKEN)
         url = deploy("models:/jepa-e2e@candidate",
-                     ServeConfig(port=port, max_replicas=1, num_cpus=0.25))
+                     ServeConfig(port=port, max_replicas=1, num_cpus=0.25, max_batch_size=2, batch_wait_timeout_s=2.0))
     yield url
     serve.shutdown()
 
@@ -128,11 +129,28 @@ def test_serve_embeds_a_held_out_video_over_http(trained, endpoint):
     assert all(math.isfinite(v) for v in body["embedding"])
 
 
+def test_requests_that_arrive_together_share_one_forward(trained, endpoint):
+    """max_batch_size 2 and a 2 s wait: two concurrent requests meet in one batch. Each answer
+    is the embedding of its own clip, as a request alone gets it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, result = trained
+    videos = [get_bytes(uri) for uri in result.held_out[:2]]
+    with ThreadPoolExecutor(2) as pool:
+        together = [r.json() for r in pool.map(lambda v: _embed(endpoint, v), videos)]
+    assert [a["batch"]["size"] for a in together] == [2, 2]
+    assert together[0]["batch"]["forward"] == together[1]["batch"]["forward"]
+    alone = _embed(endpoint, videos[1]).json()  # waits 2 s for a partner, then runs alone
+    assert alone["batch"]["size"] == 1 and alone["batch"]["forward"] > together[0]["batch"]["forward"]
+    np.testing.assert_allclose(together[1]["embedding"], alone["embedding"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(together[0]["embedding"], together[1]["embedding"])
+
+
 def test_bad_requests_get_4xx_json_and_the_replica_survives(trained, endpoint):
     _, result = trained
     video = get_bytes(result.held_out[0])
     cases = {
-        "not a video": (_embed(endpoint, b"this is not an mp4"), 400),
+        "not a video": (_embed(endpoint, b"this is not an mp4"), 415),
         "empty upload": (_embed(endpoint, b""), 400),
         "truncated mp4": (_embed(endpoint, video[: len(video) // 3]), 400),
         "negative start": (_embed(endpoint, video, start_s="-1"), 422),

@@ -2,6 +2,7 @@
 registers one, served by Ray Serve over HTTP, videos uploaded or read from SeaweedFS."""
 
 import functools
+import io
 import math
 import socket
 
@@ -19,12 +20,21 @@ TOKEN = "test-token"
 FUTURE_MASKS = "masks=[{num_blocks: 8, spatial_scale: 0.15}, {kind: future, context_steps: 1}]"
 WINDOW, STRIDE, FRAMES = 8, 2, 24  # frames of a window, of the default stride (one tubelet), of _video()
 MAX_FRAMES = 32
+MAX_SECONDS, MAX_SIDE = 6, 96
 
 
 @functools.cache
-def _video(seconds: float = FRAMES / 8, seed: int = 1) -> bytes:
+def _video(seconds: float = FRAMES / 8, seed: int = 1, size: int = 64) -> bytes:
     """A synthetic physics MP4 at 8 fps, 64 px; by default FRAMES frames long."""
-    return make_video(PhysicsConfig(size=64, seconds=seconds, fps=8), seed=seed)[0]
+    return make_video(PhysicsConfig(size=size, seconds=seconds, fps=8), seed=seed)[0]
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def _register(name: str, overrides: list[str]) -> str:
@@ -32,13 +42,14 @@ def _register(name: str, overrides: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def serve_config():
-    from ray_jobs.serve_app import ServeConfig
+def serve_config(stack_client_env):
+    from ray_jobs.serve_config import ServeConfig
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return ServeConfig(port=port, max_replicas=1, num_cpus=0.25, max_upload_mb=1, max_surprise_frames=MAX_FRAMES)
+    return ServeConfig(port=port, max_replicas=1, num_cpus=0.25, max_upload_mb=1, max_surprise_frames=MAX_FRAMES,
+                       max_video_seconds=MAX_SECONDS, max_image_side=MAX_SIDE, allowed_buckets=[stack_client_env.bucket])
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +126,12 @@ def test_bad_requests_get_4xx_json_and_the_replica_survives(endpoint, stored_vid
     put_bytes(large, bytes(2**20 + 1))
     url = f"{endpoint}/v1/surprise"
     cases = {
-        "not a video": (_upload(endpoint, b"this is not an mp4"), 400),
+        "not a video": (_upload(endpoint, b"this is not an mp4"), 415),
+        "still image": (_upload(endpoint, _png(), name="frame.png"), 415),
+        "one-frame video": (_upload(endpoint, _video(1 / 8)), 415),
         "empty upload": (_upload(endpoint, b""), 400),
+        "too long": (_upload(endpoint, _video(MAX_SECONDS + 1)), 413),
+        "too wide": (_upload(endpoint, _video(size=MAX_SIDE + 32)), 413),
         "truncated mp4": (_upload(endpoint, _video()[: len(_video()) // 3]), 400),
         "too short": (_upload(endpoint, _video(0.5)), 422),
         "too large": (_upload(endpoint, bytes(2**20 + 1)), 413),
@@ -138,10 +153,12 @@ def test_bad_requests_get_4xx_json_and_the_replica_survives(endpoint, stored_vid
         "file uri": (_by_uri(endpoint, {"uri": "file:///etc/passwd"}), 400),
         "no key": (_by_uri(endpoint, {"uri": f"s3://{bucket}"}), 400),
         "no bucket": (_by_uri(endpoint, {"uri": "s3:///clip.mp4"}), 400),
-        "bad bucket name": (_by_uri(endpoint, {"uri": "s3://Bad_Bucket!/clip.mp4"}), 400),
+        "bucket not allowed": (_by_uri(endpoint, {"uri": "s3://other-bucket/clip.mp4"}), 403),
+        "bad bucket name": (_by_uri(endpoint, {"uri": "s3://Bad_Bucket!/clip.mp4"}), 403),
+        "dot-dot key": (_by_uri(endpoint, {"uri": f"s3://{bucket}/surprise/../../other/clip.mp4"}), 400),
+        "absolute key": (_by_uri(endpoint, {"uri": f"s3://{bucket}//clip.mp4"}), 400),
         "missing object": (_by_uri(endpoint, {"uri": f"s3://{bucket}/surprise/nope.mp4"}), 404),
-        "missing bucket": (_by_uri(endpoint, {"uri": "s3://no-such-bucket/clip.mp4"}), 404),
-        "object not a video": (_by_uri(endpoint, {"uri": garbage}), 400),
+        "object not a video": (_by_uri(endpoint, {"uri": garbage}), 415),
         "object too large": (_by_uri(endpoint, {"uri": large}), 413),
         "no token": (_upload(endpoint, _video(), token=None), 401),
         "wrong token": (_by_uri(endpoint, {"uri": stored_video}, token="nope"), 401),
@@ -163,3 +180,35 @@ def test_a_model_without_future_masks_predicts_half_its_window(endpoint, serve_c
     assert body["model"] == "jepa-surprise-multiblock/1" and body["mask"] == "multiblock"
     assert body["context_frames"] == WINDOW // 2 and len(body["surprise"]) == 9
     assert all(math.isfinite(v) for v in body["surprise"])
+
+
+def _raw_request(endpoint: str, head: str, chunks=()) -> str:
+    """Send a request head (and body chunks) over a plain socket; the response's status line and
+    JSON error (the body comes with a Content-Length)."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:  # the server answered and closed while the body was still coming
+            pass
+        reply = sock.makefile("rb")
+        status = reply.readline().decode()
+        headers = dict(line.decode().lower().strip().split(": ", 1) for line in iter(reply.readline, b"\r\n"))
+        return status + reply.read(int(headers["content-length"])).decode()
+
+
+def test_an_oversize_body_is_refused_before_it_is_read(endpoint):
+    head = (f"POST /v1/surprise HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n")
+    # 10 GB declared, nothing sent: only the Content-Length can have been read.
+    reply = _raw_request(endpoint, head + "Content-Length: 10000000000\r\n\r\n")
+    assert " 413 " in reply and "request body larger than 1048576 bytes" in reply
+    # No length declared: the chunked body is counted as it arrives (1 MiB is the limit here).
+    part = b'--b\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n\r\n'
+    chunks = [part] + [b"x" * 2**16] * 24  # a well-formed start, so the parser reads on
+    chunked = [b"%x\r\n%s\r\n" % (len(c), c) for c in chunks]
+    reply = _raw_request(endpoint, head + "Transfer-Encoding: chunked\r\n\r\n", chunked)
+    assert " 413 " in reply and "request body larger than 1048576 bytes" in reply
+    assert requests.get(f"{endpoint}/healthz", timeout=10).json() == {"status": "ok"}

@@ -36,7 +36,8 @@ def served(stack_client_env, tmp_path_factory):
     """(base URL, model URI) of the app on a tiny world model."""
     from ray import serve
 
-    from ray_jobs.serve_app import ServeConfig, deploy
+    from ray_jobs.serve_app import deploy
+    from ray_jobs.serve_config import ServeConfig
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -159,7 +160,8 @@ def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
 
 
 def test_a_model_without_an_action_head_refuses_to_plan(served, stack_client_env):
-    from ray_jobs.serve_app import ServeConfig, deploy
+    from ray_jobs.serve_app import deploy
+    from ray_jobs.serve_config import ServeConfig
 
     port = int(served[0].rsplit(":", 1)[1])
     url = deploy(register_tiny("jepa-no-actions", [], experiment="serve-world"), ServeConfig(port=port, max_replicas=1,
