@@ -5,6 +5,7 @@ Every error a caller can fix is a 4xx JSON `{"error": ...}`; a bad upload never 
 
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,6 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve import metrics
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,28 +29,37 @@ from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
 from pipelines.storage import URIError, get_bytes
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
-from ray_jobs import serve_world, tracking
+from ray_jobs import serve_metrics, serve_world, tracking
 from ray_jobs.cluster import connect, forwarded_env, require_cluster
 from ray_jobs.serve_config import ServeConfig
 from ray_jobs.serve_guard import BodyLimit, check_uri, check_video, token_matches
 
 APP_NAME = "jepa"
+logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines carry the request id
 
 
 app = FastAPI(title="jepa-ray", description="Embeddings, surprise, prediction and planning from a V-JEPA world model")
 app.add_middleware(BodyLimit)
+app.add_middleware(serve_metrics.RequestMetrics)  # outermost: it also counts the 413s
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Ours (FastAPI's HTTPException is a subclass) and Starlette's own: unknown route, bad multipart."""
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    return _error(request, str(exc.detail), exc.status_code)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+    return _error(request, f"invalid request: {problems}", 422)
+
+
+def _error(request: Request, message: str, status: int) -> JSONResponse:
+    """The JSON error, with the request id that Serve's proxy also returns as `X-Request-ID` and
+    writes in the replica's log lines: what a caller quotes when reporting a problem."""
+    logger.info("%s %s -> %d: %s", request.method, request.url.path, status, message)
+    return JSONResponse({"error": message, "request_id": request.headers.get("x-request-id")}, status_code=status)
 
 
 def _require_token(request: Request) -> None:
@@ -137,8 +146,7 @@ class JepaService:
         self._embed_batch.set_max_batch_size(cfg.max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.forwards = itertools.count(1)
-        self.batch_sizes = metrics.Histogram("jepa_embed_batch_size", description="Clips per /v1/embed forward pass",
-                                             boundaries=[1, 2, 4, 8, 16, 32, 64])
+        serve_metrics.record_model_version(self.info["name"], self.info["version"])
         torch.set_num_threads(1)
 
     def check_health(self) -> None:
@@ -276,7 +284,7 @@ class JepaService:
     async def _embed_batch(self, clips: list[np.ndarray]) -> list[tuple[list[float], dict[str, int]]]:
         """One forward over the clips of every request that arrived together."""
         batch = {"size": len(clips), "forward": next(self.forwards)}
-        self.batch_sizes.observe(len(clips))
+        serve_metrics.batch_sizes().observe(len(clips))
         pooled = await run_in_threadpool(self._pooled_embeddings, np.stack(clips))
         return [(row, batch) for row in pooled]
 

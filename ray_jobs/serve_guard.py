@@ -90,7 +90,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            return await _refuse(send, BodyTooLarge(max_bytes))
+            return await _refuse(scope, send, BodyTooLarge(max_bytes))
         seen = 0
         started = False
 
@@ -112,11 +112,12 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge as e:  # raised where no exception handler caught it
             if not started:
-                await _refuse(send, e)
+                await _refuse(scope, send, e)
 
 
-async def _refuse(send, error: HTTPException) -> None:
-    body = json.dumps({"error": error.detail}).encode()
+async def _refuse(scope, send, error: HTTPException) -> None:
+    request_id = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode() or None
+    body = json.dumps({"error": error.detail, "request_id": request_id}).encode()
     await send({"type": "http.response.start", "status": error.status_code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

@@ -182,3 +182,39 @@ def test_serve_status_json_and_unknown_model_errors(trained, endpoint, capsys, m
         # stderr also carries the Serve replica's log lines that Ray streams to this driver
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert exit_info.value.code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+def _scrape(pattern: str, timeout_s: float = 90.0) -> str:
+    """The first line of the head node's Prometheus metrics matching `pattern` (Ray exports every
+    few seconds, so this polls)."""
+    import re
+    import time
+
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        match = re.search(pattern, text, re.MULTILINE)
+        if match or time.monotonic() > deadline:
+            assert match, f"no metric line matches {pattern!r}"
+            return match.group(0)
+        time.sleep(2)
+
+
+def test_request_ids_and_prometheus_metrics(trained, endpoint):
+    _, result = trained
+    answer = _embed(endpoint, get_bytes(result.held_out[0]))
+    assert answer.status_code == 200 and answer.headers["X-Request-ID"]
+    refused = requests.post(f"{endpoint}/v1/embed", files={"video": ("a.mp4", b"", "video/mp4")},
+                            headers={"Authorization": f"Bearer {TOKEN}", "X-Request-ID": "caller-42"}, timeout=30)
+    assert refused.status_code == 400 and refused.headers["X-Request-ID"] == "caller-42"
+    assert refused.json()["request_id"] == "caller-42"
+
+    route = r'route="/v1/embed"'
+    assert _scrape(rf'^ray_jepa_requests_total\{{(?=[^}}]*{route})(?=[^}}]*status="200")[^}}]*\}} [1-9]')
+    assert _scrape(rf'^ray_jepa_requests_total\{{(?=[^}}]*{route})(?=[^}}]*status="400")[^}}]*\}} [1-9]')
+    assert _scrape(rf'^ray_jepa_request_latency_ms_count\{{(?=[^}}]*{route})[^}}]*\}} [1-9]')
+    assert _scrape(rf'^ray_jepa_model_version\{{(?=[^}}]*version="{result.version}")[^}}]*\}} 1')
+    assert _scrape(r'^ray_jepa_embed_batch_size_count\{[^}]*\} [1-9]')
