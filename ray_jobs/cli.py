@@ -215,6 +215,19 @@ def _serve_deploy(args: argparse.Namespace) -> None:
     print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed, POST {url}/v1/surprise)")
 
 
+def _serve_reload(args: argparse.Namespace) -> None:
+    from ray_jobs.serve_app import reload
+    from ray_jobs.serve_config import load_serve_config
+
+    cfg = load_serve_config(args.config, []) if args.config else None
+    before, now = reload(cfg)
+    model = f"{now['name']} ({now['uri']})"
+    if before["version"] == now["version"]:
+        print(f"{model}: still version {now['version']}" + ("; config updated" if cfg else ""))
+    else:
+        print(f"{model}: version {before['version']} -> {now['version']} on every replica")
+
+
 def _serve_status(args: argparse.Namespace) -> None:
     from ray import serve
 
@@ -461,6 +474,12 @@ def _add_serve(sub) -> None:
     dep.add_argument("--config", help="YAML serve config (autoscaling, port), e.g. configs/serve.yaml")
     dep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. max_replicas=4")
     dep.set_defaults(func=_serve_deploy)
+    rel = srv_sub.add_parser("reload", help="move the running app to the version its model alias names now",
+                             description="Resolve the running app's models:/NAME@ALIAS again (e.g. after `jepa "
+                                         "models promote`) and roll every replica onto that version, without "
+                                         "downtime. Until then every replica serves the version resolved at deploy.")
+    rel.add_argument("--config", help="YAML serve config to apply too (default: keep the running app's)")
+    rel.set_defaults(func=_serve_reload)
     st = srv_sub.add_parser("status", help="print the Serve application status")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=_serve_status)

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -131,9 +132,12 @@ def _surprise_fields(fields: Mapping[str, Any]) -> tuple[FormFile | None, str | 
 @serve.deployment
 @serve.ingress(app)
 class JepaService:
-    def __init__(self, model_uri: str, cfg: ServeConfig):
-        self.info = tracking.resolve_model_version(model_uri)
-        folder = tracking.download_checkpoint(model_uri)
+    def __init__(self, info: dict[str, Any], cfg: ServeConfig):
+        """`info` is the model version `deploy` resolved (`tracking.resolve_model_version`): every
+        replica, including one autoscaling adds later, loads that version, whatever the alias
+        says by then. Only a deploy or `reload` moves the app to another version."""
+        self.info = info
+        folder = tracking.download_checkpoint(f"models:/{info['name']}/{info['version']}")
         self.world = load_world_model(folder) if is_world_model(folder) else None
         """The action-conditioned world model (`jepa train-ac`), or None: then no /v1/predict, /v1/plan."""
         if self.world is not None:  # embed and surprise use its frozen encoder
@@ -148,6 +152,10 @@ class JepaService:
         self.forwards = itertools.count(1)
         serve_metrics.record_model_version(self.info["name"], self.info["version"])
         torch.set_num_threads(1)
+
+    def deployed(self) -> dict[str, Any]:
+        """What `reload` needs to redeploy the app: the model it was given and its config."""
+        return {"model": self.info, "config": asdict(self.limits)}
 
     def check_health(self) -> None:
         """Serve's health probe: a replica whose model is gone is restarted."""
@@ -327,7 +335,7 @@ class JepaService:
         }
 
 
-def build_app(model_uri: str, cfg: ServeConfig):
+def build_app(info: dict[str, Any], cfg: ServeConfig):
     return JepaService.options(
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
@@ -335,16 +343,38 @@ def build_app(model_uri: str, cfg: ServeConfig):
             "target_ongoing_requests": cfg.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
-    ).bind(model_uri, cfg)
+    ).bind(info, cfg)
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:
     """Deploy (or update) the app on the running cluster (RAY_ADDRESS, or the one this process is
-    connected to); returns its base URL. The app outlives this call."""
+    connected to); returns its base URL. The app outlives this call.
+
+    An alias is resolved here, once: the app serves that version until the next deploy or
+    `reload`. Updating a running app is Serve's rolling update: new replicas start and become
+    healthy before the old ones drain, so requests keep being answered, each by one version."""
     cfg = cfg or ServeConfig()
     require_cluster("deploy into")
-    tracking.resolve_model_version(model_uri)  # fail here, with a clear error, if the model is unknown
+    info = tracking.resolve_model_version(model_uri)  # a clear error here if the model is unknown
     connect()
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
-    serve.run(build_app(model_uri, cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(info, cfg), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}"
+
+
+def reload(cfg: ServeConfig | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Resolve the running app's model URI again (e.g. after `jepa models promote` moved its
+    alias) and move every replica to that version if it changed; `cfg` replaces the app's config
+    when given. Returns (the version served before, the version served now)."""
+    require_cluster("reload")
+    connect()
+    try:
+        running = serve.get_app_handle(APP_NAME).options(method_name="deployed").remote().result()
+    except serve.exceptions.RayServeException as err:
+        raise RuntimeError(f"no Serve app {APP_NAME!r} is running to reload ({err}); deploy one first") from None
+    before = running["model"]
+    now = tracking.resolve_model_version(before["uri"])
+    new_cfg = cfg or ServeConfig(**running["config"])
+    if now["version"] != before["version"] or new_cfg != ServeConfig(**running["config"]):
+        serve.run(build_app(now, new_cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    return before, now
