@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jepa.checkpoint import load_model
+from jepa.config import from_dict
 from jepa.world_model import is_world_model, load_world_model
 from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
@@ -344,6 +345,21 @@ def build_app(info: dict[str, Any], cfg: ServeConfig):
         },
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
     ).bind(info, cfg)
+
+
+def app_builder(args: dict[str, Any]):
+    """The app for Ray's own deploy path (`serve run` / `serve deploy` of a Serve config file, a
+    KubeRay RayService): `import_path: ray_jobs.serve_app:app_builder`, with `args` holding
+    `model` (models:/NAME@ALIAS, resolved here, once) and any `ServeConfig` key. Host, port and
+    request timeout belong to the file's `http_options` there, so they are refused in `args`."""
+    args = dict(args)
+    model = args.pop("model", None)
+    if not isinstance(model, str):
+        raise ValueError("Serve config args need `model: models:/NAME@ALIAS` (or models:/NAME/VERSION)")
+    misplaced = sorted({"host", "port", "request_timeout_s"} & set(args))
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)}: set these in the Serve config's http_options, not in args")
+    return build_app(tracking.resolve_model_version(model), from_dict(ServeConfig, args))
 
 
 def deploy(model_uri: str, cfg: ServeConfig | None = None) -> str:

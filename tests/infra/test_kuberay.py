@@ -44,7 +44,7 @@ def _containers(cluster_spec: dict) -> list[dict]:
 
 def test_every_manifest_parses():
     names = sorted(p.name for p in KUBERAY.glob("*.yaml"))
-    assert names == ["raycluster.yaml", "rayjob-pretrain.yaml", "secret.example.yaml"]
+    assert names == ["raycluster.yaml", "rayjob-pretrain.yaml", "rayservice.yaml", "secret.example.yaml"]
     for name in names:
         doc = _load(name)
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], name
@@ -82,6 +82,37 @@ def test_job_runs_pretrain_on_the_same_cluster_spec(cluster, job):
                for g in cluster["spec"]["workerGroupSpecs"])
     cfg = load_config(ROOT / config.removeprefix(IMAGE_ROOT), overrides)  # unknown keys would raise here
     assert cfg.train.use_gpu and cfg.train.num_workers == gpus  # one Train worker per GPU
+
+
+@pytest.fixture(scope="module")
+def service() -> dict:
+    return _load("rayservice.yaml")
+
+
+def test_service_runs_the_serve_config_file_on_the_same_cluster(cluster, service):
+    from ray.serve.schema import ServeDeploySchema
+
+    from jepa.config import from_dict
+    from ray_jobs.serve_app import JepaService
+    from ray_jobs.serve_config import ServeConfig
+
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    spec = service["spec"]
+    assert spec["rayClusterConfig"] == cluster["spec"]
+    serve_cfg = yaml.safe_load(spec["serveConfigV2"])
+    assert serve_cfg == yaml.safe_load((ROOT / "infra" / "serve" / "serve-config.yaml").read_text())
+    ServeDeploySchema.model_validate(serve_cfg)  # Ray's own schema of a Serve config file
+    assert serve_cfg["http_options"]["host"] == "0.0.0.0"  # the Service reaches the proxies
+    (app,) = serve_cfg["applications"]
+    module, name = app["import_path"].split(":")
+    assert module == "ray_jobs.serve_app" and name == "app_builder"
+    args = dict(app["args"])
+    assert args.pop("model").startswith("models:/")
+    from_dict(ServeConfig, args)  # every other arg is a ServeConfig key of the right type
+    (deployment,) = app["deployments"]
+    assert deployment["name"] == JepaService.name and deployment["health_check_period_s"] > 0
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"name": "serve", "containerPort": serve_cfg["http_options"]["port"]} in head["ports"]
 
 
 def test_images_are_pinned_to_our_ray_and_python(cluster, job):
