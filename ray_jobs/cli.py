@@ -22,11 +22,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from pipelines.ingest import IngestError
     from pipelines.storage import URIError
     from pipelines.training_data import DatasetTooSmall
+    from requests import ConnectionError as Unreachable
+
+    from ray_jobs.client import ApiError
     from ray_jobs.cluster import ClusterError
     from ray_jobs.tracking import RegistryError
 
     return (UsageError, ConfigError, FileNotFoundError, URIError, IngestError, DatasetTooSmall, ClusterError,
-            RegistryError, ServiceError)
+            RegistryError, ServiceError, ApiError, Unreachable)
 
 
 def _version() -> str:
@@ -215,6 +218,40 @@ def _serve_deploy(args: argparse.Namespace) -> None:
     print(f"serving {args.model} at {url} (GET {url}/healthz, POST {url}/v1/embed, POST {url}/v1/surprise)")
 
 
+def _client(args: argparse.Namespace):
+    from ray_jobs.client import JepaClient
+
+    return JepaClient(args.url)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    answer = _client(args).embed(args.file, start_s=args.start_s)
+    if args.json:
+        print(json.dumps(answer))
+        return
+    head = ", ".join(f"{v:.4f}" for v in answer["embedding"][:6])
+    print(f"{answer['model']}: {answer['dim']}-dim embedding [{head}, ...] in {answer['latency_ms']} ms")
+
+
+def _surprise(args: argparse.Namespace) -> None:
+    from pipelines.storage import is_s3
+
+    client = _client(args)
+    if is_s3(args.video):
+        answer = client.surprise(uri=args.video, stride_frames=args.stride_frames)
+    else:
+        answer = client.surprise(args.video, stride_frames=args.stride_frames)
+    if args.json:
+        print(json.dumps(answer))
+        return
+    print(f"{answer['model']}: windows of {answer['window_frames']} frames at {answer['fps']:g} fps, "
+          f"{answer['context_frames']} of context ({answer['mask']} mask)")
+    print(f"{'from frame':>10}  {'t (s)':>6}  surprise")
+    for frame, value in zip(answer["predicted_from_frame"], answer["surprise"]):
+        print(f"{frame:>10}  {frame / answer['fps']:>6.2f}  {value:.4f}")
+    print(f"max {answer['max']:.4f}, mean {answer['mean']:.4f}" + ("  (video truncated)" if answer["truncated"] else ""))
+
+
 def _serve_reload(args: argparse.Namespace) -> None:
     from ray_jobs.serve_app import reload
     from ray_jobs.serve_config import load_serve_config
@@ -308,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stack_parser(sub)
-    for add in (_add_synth, _add_ingest, _add_pretrain, _add_train_ac, _add_eval, _add_config, _add_serve, _add_models,
-                _add_demo):
+    for add in (_add_synth, _add_ingest, _add_pretrain, _add_train_ac, _add_eval, _add_config, _add_serve, _add_client,
+                _add_models, _add_demo):
         add(sub)
     return parser
 
@@ -483,6 +520,25 @@ def _add_serve(sub) -> None:
     st = srv_sub.add_parser("status", help="print the Serve application status")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=_serve_status)
+
+
+def _add_client(sub) -> None:
+    def common(p) -> None:
+        p.add_argument("--url", help="the Serve app (default: JEPA_SERVE_URL, else http://127.0.0.1:8000); "
+                                     "JEPA_API_TOKEN is sent as its bearer token")
+        p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    emb = sub.add_parser("embed", help="embed one clip of a video through the Serve app (POST /v1/embed)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    emb.add_argument("file", metavar="FILE", help="a video file")
+    emb.add_argument("--start-s", type=float, default=0.0, help="where the clip starts, in seconds")
+    common(emb)
+    emb.set_defaults(func=_embed)
+    sur = sub.add_parser("surprise", help="the surprise curve of a video through the Serve app (POST /v1/surprise)")
+    sur.add_argument("video", metavar="FILE|URI", help="a video file to upload, or s3://BUCKET/KEY the app reads")
+    sur.add_argument("--stride-frames", type=int, help="frames between windows (default: one tubelet)")
+    common(sur)
+    sur.set_defaults(func=_surprise)
 
 
 def _add_models(sub) -> None:

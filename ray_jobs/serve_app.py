@@ -32,7 +32,7 @@ from jepa.transforms import clips_to_tensor
 from pipelines.storage import URIError, get_bytes
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
 from ray_jobs import serve_metrics, serve_world, tracking
-from ray_jobs.cluster import connect, forwarded_env, require_cluster
+from ray_jobs.cluster import ClusterError, connect, forwarded_env, require_cluster
 from ray_jobs.serve_config import ServeConfig
 from ray_jobs.serve_guard import BodyLimit, check_uri, check_video, token_matches
 
@@ -387,7 +387,7 @@ def reload(cfg: ServeConfig | None = None) -> tuple[dict[str, Any], dict[str, An
     try:
         running = serve.get_app_handle(APP_NAME).options(method_name="deployed").remote().result()
     except serve.exceptions.RayServeException as err:
-        raise RuntimeError(f"no Serve app {APP_NAME!r} is running to reload ({err}); deploy one first") from None
+        raise ClusterError(f"no Serve app {APP_NAME!r} is running to reload ({err}); deploy one first") from None
     before = running["model"]
     now = tracking.resolve_model_version(before["uri"])
     new_cfg = cfg or ServeConfig(**running["config"])

@@ -171,17 +171,6 @@ def test_bad_requests_get_4xx_json_and_the_replica_survives(endpoint, stored_vid
     assert len(_ok(_upload(endpoint, _video()))["surprise"]) == 9
 
 
-def test_a_model_without_future_masks_predicts_half_its_window(endpoint, serve_config):
-    """Runs last: it redeploys the app on a model trained with multiblock masks only."""
-    from ray_jobs.serve_app import deploy
-
-    deploy(_register("jepa-surprise-multiblock", []), serve_config)
-    body = _ok(_upload(endpoint, _video()))
-    assert body["model"] == "jepa-surprise-multiblock/1" and body["mask"] == "multiblock"
-    assert body["context_frames"] == WINDOW // 2 and len(body["surprise"]) == 9
-    assert all(math.isfinite(v) for v in body["surprise"])
-
-
 def _raw_request(endpoint: str, head: str, chunks=()) -> str:
     """Send a request head (and body chunks) over a plain socket; the response's status line and
     JSON error (the body comes with a Content-Length)."""
@@ -212,3 +201,42 @@ def test_an_oversize_body_is_refused_before_it_is_read(endpoint):
     reply = _raw_request(endpoint, head + "Transfer-Encoding: chunked\r\n\r\n", chunked)
     assert " 413 " in reply and "request body larger than 1048576 bytes" in reply
     assert requests.get(f"{endpoint}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_the_python_client_and_the_cli(endpoint, stored_video, capsys, monkeypatch, tmp_path):
+    import json
+
+    from ray_jobs.cli import main
+    from ray_jobs.client import ApiError, JepaClient
+
+    client = JepaClient(endpoint)  # the token from JEPA_API_TOKEN, set for this module
+    assert client.model()["name"] == "jepa-surprise"
+    by_upload, by_uri = client.surprise(_video()), client.surprise(uri=stored_video)
+    assert by_upload["surprise"] == by_uri["surprise"] == _ok(_upload(endpoint, _video()))["surprise"]
+    with pytest.raises(ApiError) as err:
+        client.surprise(_png())
+    assert err.value.status == 415 and "still_image" in err.value.message and err.value.request_id
+
+    monkeypatch.setenv("JEPA_SERVE_URL", endpoint)
+    assert main(["surprise", stored_video, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["surprise"] == by_uri["surprise"]
+    assert main(["surprise", stored_video]) == 0
+    assert f"max {by_uri['max']:.4f}" in capsys.readouterr().out
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(_video())
+    assert main(["embed", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dim"] == 192
+    with pytest.raises(SystemExit) as exit_:
+        main(["surprise", str(path), "--url", endpoint.replace(endpoint.rsplit(":", 1)[1], "9")])
+    assert exit_.value.code == 2
+
+
+def test_a_model_without_future_masks_predicts_half_its_window(endpoint, serve_config):
+    """Runs last: it redeploys the app on a model trained with multiblock masks only."""
+    from ray_jobs.serve_app import deploy
+
+    deploy(_register("jepa-surprise-multiblock", []), serve_config)
+    body = _ok(_upload(endpoint, _video()))
+    assert body["model"] == "jepa-surprise-multiblock/1" and body["mask"] == "multiblock"
+    assert body["context_frames"] == WINDOW // 2 and len(body["surprise"]) == 9
+    assert all(math.isfinite(v) for v in body["surprise"])

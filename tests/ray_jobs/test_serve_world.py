@@ -100,6 +100,13 @@ def test_plan_returns_control_step_actions(served):
     assert len(body["energy"]) == 3 and body["energy"] == sorted(body["energy"], reverse=True)
     assert np.asarray(body["warm_start"]).shape == (3, 2) and body["latency_ms"] > 0
 
+    from ray_jobs.client import JepaClient  # the Python client sends the same request
+
+    cem = {"horizon": 3, "samples": 32, "iterations": 3, "elites": 4, "seed": 7}
+    raw = ok(requests.post(f"{served[0]}/v1/plan", json={"observation": png(ep.observation()), "goal": png(goal.image),
+                                                         "state": ep.state().tolist(), **cem}, timeout=60))
+    assert JepaClient(served[0]).plan(ep.observation(), goal.image, ep.state(), **cem)["actions"] == raw["actions"]
+
 
 def test_bad_requests_get_4xx_and_the_replica_lives(served):
     url = served[0]
