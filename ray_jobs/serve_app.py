@@ -31,7 +31,7 @@ from jepa.surprise import future_mask_index, surprise_curve
 from jepa.transforms import clips_to_tensor
 from pipelines.storage import URIError, get_bytes
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
-from ray_jobs import serve_metrics, serve_world, tracking
+from ray_jobs import serve_metrics, serve_schemas as schemas, serve_world, tracking
 from ray_jobs.cluster import ClusterError, connect, forwarded_env, require_cluster
 from ray_jobs.serve_config import ServeConfig
 from ray_jobs.serve_guard import BodyLimit, check_uri, check_video, token_matches
@@ -228,7 +228,7 @@ class JepaService:
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/model", dependencies=[Depends(_require_token)])
+    @app.get("/v1/model", dependencies=[Depends(_require_token)], responses=schemas.responses(schemas.ModelAnswer, 401))
     def model_info(self) -> dict[str, Any]:
         m = self.cfg.model
         return {
@@ -248,7 +248,8 @@ class JepaService:
                                      f"with `jepa train-ac` and deploy that")
         return self.world
 
-    @app.post("/v1/predict", dependencies=[Depends(_require_token)])
+    @app.post("/v1/predict", dependencies=[Depends(_require_token)], openapi_extra=schemas.json_body(schemas.PredictRequest),
+              responses=schemas.responses(schemas.PredictAnswer, 400, 401, 409, 413, 415, 422))
     async def predict(self, request: Request) -> dict[str, Any]:
         """JSON `{"frames": [base64 image...], "actions": [[...]...], "state": [...]}` -> the pooled
         representation of each imagined step (docs/http-api.md)."""
@@ -256,7 +257,8 @@ class JepaService:
         body = await _json_body(request)
         return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.limits)
 
-    @app.post("/v1/plan", dependencies=[Depends(_require_token)])
+    @app.post("/v1/plan", dependencies=[Depends(_require_token)], openapi_extra=schemas.json_body(schemas.PlanRequest),
+              responses=schemas.responses(schemas.PlanAnswer, 400, 401, 409, 413, 415, 422))
     async def plan(self, request: Request) -> dict[str, Any]:
         """JSON `{"observation": base64 image, "goal": base64 image, "state": [...], ...}` -> the
         planned actions per control step (docs/http-api.md)."""
@@ -264,7 +266,8 @@ class JepaService:
         body = await _json_body(request)
         return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.limits)
 
-    @app.post("/v1/embed", dependencies=[Depends(_require_token)])
+    @app.post("/v1/embed", dependencies=[Depends(_require_token)],
+              responses=schemas.responses(schemas.EmbedAnswer, 400, 401, 413, 415, 422))
     async def embed(self, video: UploadFile = File(...), start_s: float = Form(0.0)) -> dict[str, Any]:
         """Reading and decoding run per request, off the event loop; the forward is batched."""
         if start_s < 0:
@@ -302,7 +305,8 @@ class JepaService:
             tokens = self.model.embed(clips_to_tensor(clips, torch.device("cpu")))  # (B, N, D)
         return tokens.mean(dim=1).tolist()
 
-    @app.post("/v1/surprise", dependencies=[Depends(_require_token)])
+    @app.post("/v1/surprise", dependencies=[Depends(_require_token)], openapi_extra=schemas.surprise_body(),
+              responses=schemas.responses(schemas.SurpriseAnswer, 400, 401, 403, 404, 409, 413, 415, 422))
     async def surprise(self, request: Request) -> dict[str, Any]:
         """A multipart upload (`video`) or a JSON body (`{"uri": "s3://..."}`), `stride_frames`
         optional in either: one route reads both, so it takes the request as it comes."""

@@ -218,3 +218,21 @@ def test_request_ids_and_prometheus_metrics(trained, endpoint):
     assert _scrape(rf'^ray_jepa_request_latency_ms_count\{{(?=[^}}]*{route})[^}}]*\}} [1-9]')
     assert _scrape(rf'^ray_jepa_model_version\{{(?=[^}}]*version="{result.version}")[^}}]*\}} 1')
     assert _scrape(r'^ray_jepa_embed_batch_size_count\{[^}]*\} [1-9]')
+
+
+def test_openapi_describes_every_route_and_its_errors(endpoint):
+    spec = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
+    routes = {"/healthz", "/v1/model", "/v1/embed", "/v1/surprise", "/v1/predict", "/v1/plan"}
+    assert set(spec["paths"]) == routes
+    error = {"$ref": "#/components/schemas/ErrorAnswer"}
+    for path in routes - {"/healthz"}:
+        (op,) = spec["paths"][path].values()
+        assert "200" in op["responses"] and "401" in op["responses"], path
+        assert all(r["content"]["application/json"]["schema"] == error
+                   for status, r in op["responses"].items() if status != "200"), path
+        if path != "/v1/model":
+            assert op["requestBody"]["content"], path
+    assert {"uri", "stride_frames"} <= set(
+        spec["paths"]["/v1/surprise"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+    docs = requests.get(f"{endpoint}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
