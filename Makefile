@@ -85,6 +85,10 @@ bench-data: setup ## data-loading benchmark: clips/s per core and RSS, reference
 bench-train: setup ## Ray Train overhead: the same tiny-model steps in a 1-worker TorchTrainer vs a plain PyTorch loop
 	$(PY) bench/bench_train_overhead.py --steps 40 --threads 1
 
+bench-serve: setup ## Serve under load on loopback: /v1/embed sweep (concurrency 1-64, batching off/on, replicas over time), HTTP vs in-process
+	$(JEPA) stack up
+	eval "$$($(JEPA) stack env)" && $(PY) bench/bench_serve.py
+
 bench-gpu: setup ## on a CUDA machine: GPU tests, ViT-L step vs the V-JEPA 2 reference (VJEPA2_REF, VJEPA2_ANCHOR), Ray Train use_gpu vs plain
 	$(PY) -m pytest -q tests/jepa/test_cuda.py
 	VJEPA2_REF=$${VJEPA2_REF:-.ref/vjepa2} $(PY) bench/bench_vs_reference.py --arch large --bs 24

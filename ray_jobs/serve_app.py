@@ -346,7 +346,10 @@ def build_app(info: dict[str, Any], cfg: ServeConfig):
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
         },
+        max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": forwarded_env()}},
     ).bind(info, cfg)
 

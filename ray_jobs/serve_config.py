@@ -16,12 +16,19 @@ class ServeConfig:
     """Autoscaling ceiling."""
     target_ongoing_requests: float = 2.0
     """Requests in flight per replica that autoscaling aims for."""
+    upscale_delay_s: float = 30.0
+    """How long load must stay above the target before autoscaling adds a replica."""
+    downscale_delay_s: float = 600.0
+    """How long load must stay below the target before autoscaling removes a replica."""
     num_cpus: float = 0.5
     """Ray CPUs reserved by each replica."""
     host: str = "127.0.0.1"
     """HTTP bind address of the Serve proxy (0.0.0.0 in a cluster, where a Service routes to it)."""
     port: int = 8000
     """HTTP port of the Serve proxy."""
+    max_ongoing_requests: int = 16
+    """Requests a replica takes at once (Serve queues the rest at the proxy); at least
+    max_batch_size, or batches never fill."""
     max_batch_size: int = 8
     """/v1/embed requests that arrive together run as one forward of up to this many clips."""
     batch_wait_timeout_s: float = 0.01
