@@ -145,7 +145,7 @@ class JepaService:
             self.model, self.cfg = self.world.jepa, self.world.encoder_cfg
         else:
             self.model, self.cfg = load_model(folder)
-        self.limits = cfg
+        self.serve_cfg = cfg
         self.max_upload_bytes = cfg.max_upload_bytes
         app.state.max_body_bytes = cfg.max_upload_bytes  # read by BodyLimit in this replica's process
         self._embed_batch.set_max_batch_size(cfg.max_batch_size)
@@ -156,7 +156,7 @@ class JepaService:
 
     def deployed(self) -> dict[str, Any]:
         """What `reload` needs to redeploy the app: the model it was given and its config."""
-        return {"model": self.info, "config": asdict(self.limits)}
+        return {"model": self.info, "config": asdict(self.serve_cfg)}
 
     def check_health(self) -> None:
         """Serve's health probe: a replica whose model is gone is restarted."""
@@ -178,7 +178,7 @@ class JepaService:
 
     def _fetch(self, uri: str) -> bytes:
         """The object at `uri`, in an allowed bucket only: anything else is refused before any read."""
-        check_uri(uri, self.limits.allowed_buckets)
+        check_uri(uri, self.serve_cfg.allowed_buckets)
         try:
             data = get_bytes(uri)
         except URIError as e:
@@ -199,7 +199,7 @@ class JepaService:
     def _check_video(self, data: bytes, name: str) -> None:
         """What the ingest would quarantine (a still image, not a video, truncated) and what the
         limits exclude is a 4xx here too."""
-        check_video(data, name, self.limits.max_video_seconds, self.limits.max_image_side)
+        check_video(data, name, self.serve_cfg.max_video_seconds, self.serve_cfg.max_image_side)
 
     def _surprise_setup(self) -> tuple[int, int, str]:
         """(mask index, context time steps, mask kind) for surprise: the model's future mask config
@@ -216,7 +216,7 @@ class JepaService:
     def _decode_video(self, data: bytes) -> tuple[np.ndarray, bool]:
         """Up to `max_surprise_frames` frames from the start at the model's fps, and whether the
         video was longer; 422 if it is shorter than one window."""
-        fps, cap = self.cfg.data.fps, self.limits.max_surprise_frames
+        fps, cap = self.cfg.data.fps, self.serve_cfg.max_surprise_frames
         frames = decode_video(data, fps=fps, size=self.cfg.model.img_size, max_frames=cap + 1)  # +1: longer?
         window = self.model.token_grid[0] * self.model.encoder.tubelet_size
         if len(frames) < window:
@@ -255,7 +255,7 @@ class JepaService:
         representation of each imagined step (docs/http-api.md)."""
         world = self._world("/v1/predict")
         body = await _json_body(request)
-        return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.limits)
+        return await run_in_threadpool(serve_world.predict, world, body, self.model_name, self.serve_cfg)
 
     @app.post("/v1/plan", dependencies=[Depends(_require_token)], openapi_extra=schemas.json_body(schemas.PlanRequest),
               responses=schemas.responses(schemas.PlanAnswer, 400, 401, 409, 413, 415, 422))
@@ -264,7 +264,7 @@ class JepaService:
         planned actions per control step (docs/http-api.md)."""
         world = self._world("/v1/plan")
         body = await _json_body(request)
-        return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.limits)
+        return await run_in_threadpool(serve_world.plan, world, body, self.model_name, self.serve_cfg)
 
     @app.post("/v1/embed", dependencies=[Depends(_require_token)],
               responses=schemas.responses(schemas.EmbedAnswer, 400, 401, 413, 415, 422))

@@ -30,11 +30,16 @@ def batch_sizes() -> metrics.Histogram:
                              boundaries=BATCH_BOUNDARIES)
 
 
+@functools.cache
+def _model_version() -> metrics.Gauge:
+    return metrics.Gauge("jepa_model_version", description="Model version served (1 per replica and version)",
+                         tag_keys=("model", "version"))
+
+
 def record_model_version(name: str, version: str) -> None:
-    """A gauge at 1 per (model, version) a replica serves: a mix of versions shows as two series."""
-    gauge = metrics.Gauge("jepa_model_version", description="Model version served (1 per replica and version)",
-                          tag_keys=("model", "version"))
-    gauge.set(1, tags={"model": name, "version": str(version)})
+    """A gauge at 1 per (model, version) a replica serves: a mix of versions shows as two series.
+    The gauge object lives as long as the process (a collected metric stops being exported)."""
+    _model_version().set(1, tags={"model": name, "version": str(version)})
 
 
 class RequestMetrics:

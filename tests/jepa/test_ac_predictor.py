@@ -80,7 +80,7 @@ def test_losses_train_toward_a_simple_world():
         return z, a
 
     first = None
-    for _ in range(200):
+    for _ in range(400):
         z, a = batch()
         losses = ac_losses(model, z, a, rollout_steps=2)
         opt.zero_grad()

@@ -46,10 +46,10 @@ def test_serve_run_of_the_config_file(stack_client_env, tmp_path):
         deadline = time.monotonic() + 120
         while True:  # --non-blocking returns once the app is submitted, not when it is up
             try:
-                answer = requests.get(f"http://127.0.0.1:{port}/v1/model", timeout=10)
+                answer = requests.get(f"http://127.0.0.1:{port}/v1/model", timeout=30)
                 if answer.status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or held while replicas start
                 answer = None
             assert time.monotonic() < deadline, f"the app never answered: {answer and answer.text}"
             time.sleep(1)
@@ -60,3 +60,15 @@ def test_serve_run_of_the_config_file(stack_client_env, tmp_path):
         assert refused.status_code == 403  # the file's args reached the replicas' config
     finally:
         serve.shutdown()
+        _wait_until_serve_is_gone()
+
+
+def _wait_until_serve_is_gone(timeout_s: float = 60.0) -> None:
+    """The Serve controller this test's `serve run` started dies asynchronously; the next test's
+    `serve.start` must not reach it on its way out."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while any(a["name"] == "SERVE_CONTROLLER_ACTOR" for a in ray.util.list_named_actors(all_namespaces=True)):
+        assert time.monotonic() < deadline, "the Serve controller outlived serve.shutdown()"
+        time.sleep(0.5)
