@@ -72,6 +72,9 @@ reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretra
 test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve (2 workers)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
+test-serve-file: setup ## `serve run` of infra/serve/serve-config.yaml against a fresh test stack (kept out of `make test`'s shared workers)
+	JEPA_TEST_SERVE_FILE=1 $(PY) -m pytest -q tests/ray_jobs/test_serve_config_file.py
+
 test-unit: setup ## unit tests only (no servers)
 	$(PY) -m pytest -q -m "not integration"
 

@@ -14,7 +14,13 @@ import yaml
 
 from tiny_models import register_tiny
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # `serve run` starts Serve from a second driver; the Serve controller it leaves behind dies
+    # asynchronously and broke the next serve module's deploy in a shared worker (two fresh-clone
+    # runs). Until that is fixed it runs on its own: `make test-serve-file`.
+    pytest.mark.skipif(os.environ.get("JEPA_TEST_SERVE_FILE") != "1", reason="run alone: make test-serve-file"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
