@@ -146,7 +146,6 @@ class JepaService:
         else:
             self.model, self.cfg = load_model(folder)
         self.serve_cfg = cfg
-        self.max_upload_bytes = cfg.max_upload_bytes
         app.state.max_body_bytes = cfg.max_upload_bytes  # read by BodyLimit in this replica's process
         self._embed_batch.set_max_batch_size(cfg.max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
@@ -168,11 +167,12 @@ class JepaService:
         return f"{self.info['name']}/{self.info['version']}"
 
     def _check_size(self, size: int, what: str) -> None:
-        if size > self.max_upload_bytes:
-            raise HTTPException(413, f"{what} larger than {self.max_upload_bytes} bytes")
+        limit = self.serve_cfg.max_upload_bytes
+        if size > limit:
+            raise HTTPException(413, f"{what} larger than {limit} bytes")
 
     def _read_upload(self, upload: FormFile) -> bytes:
-        data = upload.file.read(self.max_upload_bytes + 1)
+        data = upload.file.read(self.serve_cfg.max_upload_bytes + 1)
         self._check_size(len(data), "upload")
         return data
 
@@ -397,7 +397,8 @@ def reload(cfg: ServeConfig | None = None) -> tuple[dict[str, Any], dict[str, An
         raise ClusterError(f"no Serve app {APP_NAME!r} is running to reload ({err}); deploy one first") from None
     before = running["model"]
     now = tracking.resolve_model_version(before["uri"])
-    new_cfg = cfg or ServeConfig(**running["config"])
-    if now["version"] != before["version"] or new_cfg != ServeConfig(**running["config"]):
+    running_cfg = ServeConfig(**running["config"])
+    new_cfg = cfg or running_cfg
+    if now["version"] != before["version"] or new_cfg != running_cfg:
         serve.run(build_app(now, new_cfg), name=APP_NAME, route_prefix="/", blocking=False)
     return before, now
