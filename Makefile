@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-gpu stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-serve bench-fuzz bench-gpu test-serve-file stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -91,6 +91,10 @@ bench-train: setup ## Ray Train overhead: the same tiny-model steps in a 1-worke
 bench-serve: setup ## Serve under load on loopback: /v1/embed sweep (concurrency 1-64, batching off/on, replicas over time), HTTP vs in-process
 	$(JEPA) stack up
 	eval "$$($(JEPA) stack env)" && $(PY) bench/bench_serve.py
+
+bench-fuzz: setup ## fuzz every Serve route from its OpenAPI schema (schemathesis, positive and negative cases): answers >= 500, dropped connections
+	$(JEPA) stack up
+	eval "$$($(JEPA) stack env)" && $(PY) bench/fuzz_serve.py
 
 bench-gpu: setup ## on a CUDA machine: GPU tests, ViT-L step vs the V-JEPA 2 reference (VJEPA2_REF, VJEPA2_ANCHOR), Ray Train use_gpu vs plain
 	$(PY) -m pytest -q tests/jepa/test_cuda.py

@@ -264,7 +264,8 @@ def check_access(source: str, dataset_uri: str) -> None:
     try:
         if storage.is_s3(source):
             bucket, prefix = storage.parse_uri(source)
-            storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            client = storage.s3_client(max_attempts=storage.PREFLIGHT_ATTEMPTS)
+            client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except (ClientError, BotoCoreError) as err:  # no such bucket, access denied, endpoint unreachable
         raise IngestError(f"cannot list source {source}: {err}") from err
     try:

@@ -86,7 +86,10 @@ def number_rows(value: Any, name: str, width: int) -> np.ndarray:
     for i, row in enumerate(value):
         if len(row) != width or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
             raise HTTPException(422, f"{name}[{i}] must hold {width} numbers, got {row!r}"[:300])
-    out = np.asarray(value, np.float32).reshape(len(value), width)
+    try:
+        out = np.asarray(value, np.float32).reshape(len(value), width)
+    except OverflowError:  # a JSON integer beyond float range
+        out = np.full((len(value), width), np.inf, np.float32)
     if not np.isfinite(out).all():
         raise HTTPException(422, f"{name} holds NaN or infinite values")
     return out
@@ -115,6 +118,8 @@ def states_for(world: WorldModel, value: Any, frames: int) -> torch.Tensor | Non
     if value is None:
         raise HTTPException(422, f"this model reads the state (qpos then qvel, {world.env['state_dim']} numbers) "
                                  f"with the observation: send state")
+    if not isinstance(value, list):
+        raise HTTPException(422, "state must be a list of numbers, or one such list per frame")
     rows = [value] if value and not isinstance(value[0], list) else value
     states = number_rows(rows, "state", world.env["state_dim"])
     if len(states) != frames:

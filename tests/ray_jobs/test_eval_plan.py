@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ray_jobs.cli import main
-from tiny_models import tiny_world_model
+from ray_jobs.tiny_models import tiny_world_model
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.physics_pairs import PAIR_TYPES, synthesize_pairs
 from pipelines.synth_physics import PhysicsConfig
 from ray_jobs.cli import main
-from tiny_models import register_tiny
+from ray_jobs.tiny_models import register_tiny
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from tiny_models import register_tiny
+from ray_jobs.tiny_models import register_tiny
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,7 +11,7 @@ import requests
 
 from pipelines.storage import put_bytes
 from pipelines.synth_physics import PhysicsConfig, make_video
-from tiny_models import register_tiny
+from ray_jobs.tiny_models import register_tiny
 
 pytestmark = pytest.mark.integration
 

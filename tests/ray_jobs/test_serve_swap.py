@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from pipelines.synth_physics import PhysicsConfig, make_video
-from tiny_models import register_tiny
+from ray_jobs.tiny_models import register_tiny
 
 pytestmark = pytest.mark.integration
 

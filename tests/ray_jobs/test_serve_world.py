@@ -18,7 +18,7 @@ from jepa.world_model import load_world_model
 from pipelines.planning_protocol import Episode, Protocol, make_goal
 from ray_jobs import tracking
 from ray_jobs.eval_plan import world_model_episode
-from tiny_models import register_tiny, register_tiny_world
+from ray_jobs.tiny_models import register_tiny, register_tiny_world
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,8 @@ def test_bad_requests_get_4xx_and_the_replica_lives(served):
         "action out of range": ("/v1/predict", {"frames": [obs], "actions": [[2.0, 0.0]], "state": state}, 422),
         "no future action": ("/v1/predict", {"frames": [obs, obs], "actions": [[0.0, 0.0]], "state": [state, state]}, 422),
         "missing state": ("/v1/predict", {"frames": [obs], "actions": [[0.0, 0.0]]}, 422),
+        "state an object": ("/v1/predict", {"frames": [obs], "actions": [[0.0, 0.0]], "state": {"0": 1}}, 422),
+        "integer beyond float": ("/v1/plan", {**plan, "state": [10**400, 0.0, 0.0, 0.0]}, 422),
         "state too short": ("/v1/plan", {**plan, "state": [0.0]}, 422),
         "undecodable image": ("/v1/plan", {**plan, "goal": base64.b64encode(b"not an image").decode()}, 422),
         "not base64": ("/v1/plan", {**plan, "observation": "@@@"}, 422),
@@ -164,6 +166,25 @@ def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
         in_process = world_model_episode(world, p, world.planner, episode, keep_strip=False).outcome
         assert over_http.success == in_process.success
         assert over_http.final_distance == pytest.approx(in_process.final_distance, abs=1e-4)
+
+
+def test_fuzzed_from_its_openapi_schema(served):
+    """Schemathesis cases for every route, fitting the schema and breaking it (`make bench-fuzz`
+    runs many more), and valid requests with one field broken: never an answer >= 500 or a
+    dropped connection, and the replica stays up."""
+    from bench.fuzz_serve import fuzz, mutate, world_bodies
+
+    url = served[0]
+    report = fuzz(url, examples=8)
+    mutated = mutate(url, 16, 0, {}, world_bodies(P.img_size))
+    report.add(mutated)
+    assert not report.server_errors and not report.dropped, report.server_errors + report.dropped
+    paths = ok(requests.get(f"{url}/openapi.json", timeout=30))["paths"]
+    expected = {(f"{method.upper()} {path}", mode) for path, ops in paths.items() for method in ops
+                for mode in ("positive", "negative") if method == "post" or mode == "positive"}
+    assert {(label, mode) for label, mode, _ in report.statuses} >= expected  # every POST broken too
+    assert mutated.cases == 32
+    assert ok(requests.get(f"{url}/healthz", timeout=30))["status"] == "ok"
 
 
 def test_a_model_without_an_action_head_refuses_to_plan(served, stack_client_env):

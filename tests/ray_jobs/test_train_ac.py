@@ -10,7 +10,7 @@ from pipelines.episode_shards import WindowSpec, ingest_episodes
 from pipelines.mujoco_record import RecordConfig, record
 from ray_jobs import tracking
 from ray_jobs.cli import main
-from tiny_models import register_tiny
+from ray_jobs.tiny_models import register_tiny
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
-"""Tiny untrained models registered in MLflow the way `pretrain` registers one (same run params,
-same pyfunc with the checkpoint folder inside), without the cost of Ray Train."""
+"""Tiny untrained models registered in MLflow the way `pretrain` and `train-ac` register one (same run
+params, same pyfunc with the checkpoint folder inside), without the cost of Ray Train: for tests,
+benchmarks and fuzzing."""
 
 import tempfile
 
