@@ -67,10 +67,12 @@ physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise 
 reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (figures and status: BENCHMARKS.md)
 	$(JEPA) demo --recipe reacher
 
-# Two pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py),
-# a test file per worker at a time (module fixtures train once): the suite mostly waits on servers.
-test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve (2 workers)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+# pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py), a
+# test file per worker at a time (module fixtures train once): the suite mostly waits on servers,
+# so 3 workers finish sooner than 2 even on 2 cores.
+TEST_WORKERS ?= 3
+test: setup ## every test: unit, then integration against real SeaweedFS, MLflow, Ray and Serve (TEST_WORKERS=3 in parallel)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-serve-file: setup ## `serve run` of infra/serve/serve-config.yaml against a fresh test stack (kept out of `make test`'s shared workers)
 	JEPA_TEST_SERVE_FILE=1 $(PY) -m pytest -q tests/ray_jobs/test_serve_config_file.py
