@@ -9,7 +9,7 @@
 - `ray_local` (session): an in-process local Ray cluster (`ray.init(num_cpus=4)`) whose workers
   already carry the stack's S3 and MLflow variables (the stack itself is not started by it).
 
-Under pytest-xdist (`make test`: 3 workers) each worker has its own session stack and Ray, on
+Under pytest-xdist (`make test`: 2 workers) each worker has its own session stack and Ray, on
 its own share of the port range.
 
 Settings from the developer's shell (e.g. after `eval "$(jepa stack env)"`) are removed for the

@@ -18,7 +18,8 @@ pytestmark = [
     pytest.mark.integration,
     # `serve run` starts Serve from a second driver; the Serve controller it leaves behind dies
     # asynchronously and broke the next serve module's deploy in a shared worker (two fresh-clone
-    # runs). Until that is fixed it runs on its own: `make test-serve-file`.
+    # runs). So it runs in a pytest process of its own: `make test-serve-file`, which `make test`
+    # runs after the shared suite.
     pytest.mark.skipif(os.environ.get("JEPA_TEST_SERVE_FILE") != "1", reason="run alone: make test-serve-file"),
 ]
 
