@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-serve bench-fuzz bench-gpu test-serve-file stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-serve bench-fuzz bench-plan bench-gpu test-serve-file stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -95,12 +95,17 @@ bench-serve: setup ## Serve under load on loopback: /v1/embed sweep (concurrency
 	$(JEPA) stack up
 	eval "$$($(JEPA) stack env)" && $(PY) bench/bench_serve.py
 
-bench-fuzz: setup ## fuzz every Serve route from its OpenAPI schema (schemathesis, positive and negative cases): answers >= 500, dropped connections
+bench-fuzz: setup ## fuzz every Serve route from its OpenAPI schema (schemathesis cases, and valid requests with one part broken): answers >= 500, dropped connections
 	$(JEPA) stack up
 	eval "$$($(JEPA) stack env)" && $(PY) bench/fuzz_serve.py
 
-bench-gpu: setup ## on a CUDA machine: GPU tests, ViT-L step vs the V-JEPA 2 reference (VJEPA2_REF, VJEPA2_ANCHOR), Ray Train use_gpu vs plain
+bench-plan: setup ## one planning step (encode + CEM over the AC predictor) at a tiny size, checked against an eager CEM; --size reference on a GPU
+	$(PY) bench/bench_plan_step.py --size tiny
+
+bench-gpu: setup ## on a CUDA machine: GPU tests, ViT-L step vs the V-JEPA 2 reference (VJEPA2_REF, VJEPA2_ANCHOR), the V-JEPA 2-AC-sized plan step, Ray Train use_gpu vs plain
 	$(PY) -m pytest -q tests/jepa/test_cuda.py
+	$(PY) bench/bench_plan_step.py --size reference --dtype bf16
+	$(PY) bench/bench_plan_step.py --size reference --dtype bf16 --samples 300 --iterations 15 --horizon 3
 	VJEPA2_REF=$${VJEPA2_REF:-.ref/vjepa2} $(PY) bench/bench_vs_reference.py --arch large --bs 24
 	$(PY) bench/bench_train_overhead.py --gpu --config configs/vitl16.yaml --batch-size 24 --steps 8 --warmup 2 --threads 4
 

@@ -162,10 +162,12 @@ class ACPredictor(nn.Module):
         steps = z.shape[1]
         x = self._embed(z, actions, states)
         cos, sin = self._rope(first_step, steps, x.device)
-        mask = block_causal_mask(steps, self.tokens_per_step, x.device)
-        if cache is not None:  # every earlier step is visible to every new token
-            past = torch.ones(mask.shape[0], cache[0][0].shape[2], dtype=torch.bool, device=x.device)
-            mask = torch.cat((past, mask), dim=1)
+        mask = None  # one new step sees all of itself and every cached step: no mask, so SDPA may take its flash path
+        if steps > 1:
+            mask = block_causal_mask(steps, self.tokens_per_step, x.device)
+            if cache is not None:  # every earlier step is visible to every new token
+                past = torch.ones(mask.shape[0], cache[0][0].shape[2], dtype=torch.bool, device=x.device)
+                mask = torch.cat((past, mask), dim=1)
         new_cache = []
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, cos, sin, mask, None if cache is None else cache[i])

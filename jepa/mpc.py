@@ -37,11 +37,11 @@ def plan_toward(world: WorldModel, observation: np.ndarray, goal: Tensor, state:
     if world.cfg.uses_state:
         if state is None:
             raise ValueError("this world model reads the state (qpos, qvel) with each observation")
-        states = torch.as_tensor(np.asarray(state, np.float32))[None, None]
+        states = torch.as_tensor(np.asarray(state, np.float32), device=context.device)[None, None]
     low, high = world.predictor.action_low, world.predictor.action_high
     plan: Plan = cem(latent_energy(world.predictor, context, goal, states=states), low, high, cfg,
                      init_mean=init_mean, generator=generator)
-    return PlanCall(plan.actions.numpy(), plan.energy, time.perf_counter() - t0)
+    return PlanCall(plan.actions.float().cpu().numpy(), plan.energy, time.perf_counter() - t0)
 
 
 @dataclass
@@ -54,8 +54,8 @@ class MPCTrace:
 def warm_start(world: WorldModel, actions: np.ndarray, executed: int, horizon: int) -> Tensor:
     """The next search's starting mean: the plan's actions not yet executed, then the middle of
     the action range for the steps it does not cover."""
-    rest = torch.as_tensor(np.asarray(actions[executed:], np.float32))
     centre = (world.predictor.action_low + world.predictor.action_high) / 2
+    rest = torch.as_tensor(np.asarray(actions[executed:], np.float32), device=centre.device)
     return torch.cat((rest, centre.expand(max(0, horizon - len(rest)), -1)))[:horizon]
 
 

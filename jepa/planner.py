@@ -33,13 +33,18 @@ class Plan:
 
 def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean: Tensor | None = None,
         generator: torch.Generator | None = None) -> Plan:
-    """Minimise ``energy`` over (horizon, A) action sequences within [low, high]."""
+    """Minimise ``energy`` over (horizon, A) action sequences within [low, high].
+
+    The noise is drawn on ``generator``'s device (CPU by default) and moved to the model's, so a
+    seed gives the same plan on any device; a generator on the model's device keeps the loop off
+    the host. The energy trace is read back once, at the end, not once per iteration."""
     half = (high - low) / 2
-    mean = ((low + high) / 2).expand(cfg.horizon, -1).clone() if init_mean is None else init_mean.clone()
+    mean = ((low + high) / 2).expand(cfg.horizon, -1).clone() if init_mean is None else init_mean.to(low).clone()
     std = (half * cfg.init_std).expand(cfg.horizon, -1).clone()
     trace, best = [], None
+    noise_device = generator.device if generator is not None else mean.device
     for _ in range(cfg.iterations):
-        noise = torch.randn((cfg.samples, *mean.shape), generator=generator, device=mean.device)
+        noise = torch.randn((cfg.samples, *mean.shape), generator=generator, device=noise_device).to(mean.device)
         samples = (mean + std * noise).clamp(low, high)
         samples[0] = mean  # the mean competes, and so does the best sequence so far: never lost
         if best is not None:
@@ -48,8 +53,8 @@ def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean
         order = torch.topk(scores, cfg.elites, largest=False).indices
         elites, best = samples[order], samples[order[0]].clone()
         mean, std = elites.mean(0), elites.std(0).maximum(half * cfg.min_std)
-        trace.append(float(scores[order[0]]))
-    return Plan(mean, trace)
+        trace.append(scores[order[0]])
+    return Plan(mean, torch.stack(trace).float().tolist())
 
 
 def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Tensor | None = None,

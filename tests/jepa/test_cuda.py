@@ -5,6 +5,7 @@ machine with `pytest tests/jepa/test_cuda.py`."""
 import copy
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -89,3 +90,24 @@ def test_checkpoint_written_from_cuda_loads_on_cpu(tmp_path):
     for (name, p), q in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert q.device.type == "cpu"
         assert torch.equal(p.cpu(), q), name
+
+
+def test_a_plan_step_on_cuda_matches_the_cpu_for_the_same_seed():
+    """The planner on a GPU: the seed's noise comes from a CPU generator either way, the state and
+    warm start follow the model to its device, and the plan comes back as numpy."""
+    from bench.bench_plan_step import build
+    from jepa.config import PlannerConfig
+    from jepa.mpc import plan_toward, warm_start
+
+    cfg = PlannerConfig(samples=32, elites=4, iterations=3, horizon=2, replan_every=1)
+    rng = np.random.default_rng(0)
+    observation, goal_image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    state = rng.standard_normal(7).astype(np.float32)
+    calls = {}
+    for device in ("cpu", "cuda"):
+        world = build("tiny", torch.device(device))
+        goal = world.encode(goal_image[None])[0]
+        calls[device] = plan_toward(world, observation, goal, state, cfg, generator=torch.Generator().manual_seed(3))
+        assert warm_start(world, calls[device].actions, 1, 2).device.type == device
+    np.testing.assert_allclose(calls["cuda"].actions, calls["cpu"].actions, atol=1e-3)
+    assert calls["cuda"].energy[-1] == pytest.approx(calls["cpu"].energy[-1], rel=1e-3)

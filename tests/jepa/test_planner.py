@@ -1,3 +1,8 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,3 +61,15 @@ def test_config_is_checked():
         PlannerConfig(horizon=2, replan_every=3)
     with pytest.raises(ValueError, match="history actions"):
         latent_energy(ACPredictor(8, (2, 2), [-1.0], [1.0]), torch.zeros(1, 2, 4, 8), torch.zeros(4, 8))
+
+
+def test_plan_step_benchmark_agrees_with_an_eager_cem():
+    """bench/bench_plan_step.py at its tiny size: the cached, batched plan step reaches the energy
+    of the same CEM whose every imagined step reruns the predictor from the start."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "bench/bench_plan_step.py", "--size", "tiny", "--repeats", "1",
+                          "--device", "cpu"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["eager_agrees"] and result["energy_seed0"] == pytest.approx(result["eager_energy_seed0"], rel=1e-4)
+    assert result["tokens_per_step"] == 2 + 16  # action, state, 4x4 frame tokens
