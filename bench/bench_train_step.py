@@ -18,10 +18,11 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from jepa.config import MaskConfig, ModelConfig, OptimConfig
 from jepa.masks import sample_masks
-from jepa.model import build_jepa
+from jepa.model import build_jepa, compile_blocks
 from jepa.optim import build_optimizer
 from jepa.train_step import train_step
 from jepa.vit import ENCODER_PRESETS
@@ -40,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pred-num-heads", type=int, default=12)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--ckpt", action="store_true", help="activation checkpointing")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (train.compile)")
+    p.add_argument("--peak-tflops", type=float, default=790.0,
+                   help="the device's dense bf16 peak, for the fraction reached (H200: ~790)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of text")
@@ -71,6 +75,11 @@ def main() -> None:
     batches = [(torch.randn(args.batch_size, 3, args.frames, args.img_size, args.img_size, device=device),
                 sample_masks(model.token_grid, mask_cfgs, args.batch_size, generator)) for _ in range(3)]
 
+    with FlopCounterMode(display=False) as counter:  # the step's math, counted once in eager mode
+        train_step(model, [batches[0]], optimizer, 1e-4, 0.99925, device)
+    tflop = counter.get_total_flops() / 1e12
+    if args.compile:
+        compile_blocks(model)
     times = []
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":
@@ -82,25 +91,30 @@ def main() -> None:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    achieved = tflop / median
 
     n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
     n_pred = sum(p.numel() for p in model.predictor.parameters()) / 1e6
     label, mem = peak_memory_gib(device)
     if args.json:
         print(json.dumps({"arch": args.arch, "bs": args.batch_size, "frames": args.frames, "crop": args.img_size,
-                          "ckpt": args.ckpt, "device": device.type, "step_s_median": round(median, 4),
-                          "clips_per_s": round(args.batch_size / median, 2), "peak_mem_gib": round(mem, 1),
+                          "ckpt": args.ckpt, "compile": args.compile, "device": device.type,
+                          "step_s_median": round(median, 4), "clips_per_s": round(args.batch_size / median, 2),
+                          "peak_mem_gib": round(mem, 1), "step_tflop": round(tflop, 3),
+                          "tflop_per_s": round(achieved, 2), "fraction_of_peak": round(achieved / args.peak_tflops, 4),
                           "loss": metrics["loss"]}))
         return
     print(
         f"{args.arch} ({n_params:.1f}M) + predictor {args.pred_depth}x{args.pred_embed_dim} ({n_pred:.1f}M), "
         f"{args.frames}x{args.img_size}px, tokens {model.token_grid}, batch {args.batch_size}, "
-        f"{device.type}, ckpt={args.ckpt}, torch threads {torch.get_num_threads()}"
+        f"{device.type}, ckpt={args.ckpt}, compile={args.compile}, torch threads {torch.get_num_threads()}"
     )
     print(
         f"{args.batch_size / median:.2f} clips/s  {median:.3f} s/step (median of {args.steps})  "
         f"{label} {mem:.2f} GiB  last loss {metrics['loss']:.4f}"
     )
+    print(f"{tflop:.3f} TFLOP/step  {achieved:.2f} TFLOP/s  {100 * achieved / args.peak_tflops:.1f}% of "
+          f"{args.peak_tflops:g} TFLOP/s")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,9 @@ class TrainConfig:
     """Ray CPUs reserved by each training worker."""
     use_gpu: bool = False
     """One GPU per worker, NCCL and bf16 autocast."""
+    compile: bool = False
+    """torch.compile each transformer block (`jepa.model.compile_blocks`): faster steps on a GPU
+    once the first steps have paid for compilation; the weights and checkpoints are unchanged."""
     seed: int = 0
     """Seed for weights, masks and data order."""
     log_every: int = 10

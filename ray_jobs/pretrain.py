@@ -19,7 +19,7 @@ import torch
 from jepa.checkpoint import load_checkpoint, save_checkpoint, save_model
 from jepa.config import RunConfig, from_dict
 from jepa.masks import MaskBatch, masks_from_flags
-from jepa.model import build_jepa
+from jepa.model import build_jepa, compile_blocks
 from jepa.objective import collapse_warning
 from jepa.optim import build_optimizer, lr_at
 from jepa.train_step import train_step
@@ -40,6 +40,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plain = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
     if cfg.model.init_from and session.rank == 0 and ray.train.get_checkpoint() is None:
         load_init_weights(plain, cfg)  # the other ranks get these weights from DDP's broadcast
+    if t.compile:
+        compile_blocks(plain)
     model = ray.train.torch.prepare_model(plain)
     optimizer = build_optimizer(plain, cfg.optim)
     state = session.resume(lambda folder: load_checkpoint(folder, plain, optimizer))
