@@ -6,9 +6,15 @@ the possible one carries on. A world model that learned the physics should be mo
 the impossible video (``jepa.surprise.pair_correct``); a model that only tracks pixels should not
 care which law was broken. Types (what happens in the impossible video at ``onset_frame``):
 
-- ``permanence``: a ball fully hidden behind an occluder is removed from the world; in the possible
-  video it re-emerges. ``onset_frame`` is the first frame it is fully hidden (no earlier than the
-  onset window), so the pixels first differ later, when it would have re-emerged.
+- ``permanence``, in two variants that alternate by pair index (IntPhys's matched design), on
+  scenes where the ball never touches another one:
+  - *vanish*: a ball fully hidden behind an occluder is removed from the world; in the possible
+    video it re-emerges;
+  - *appear*: the same ball is not there until it is hidden, then emerges from behind the
+    occluder though nothing went behind it; in the possible video it is never there.
+  ``onset_frame`` is the first frame it is fully hidden (no earlier than the onset window), so the
+  pixels first differ later, at the re-emergence. Across the two variants, a scorer that only
+  reacts to change ("something appeared") scores 50%: it is right on *appear* and wrong on *vanish*.
 - ``continuity``: a visible ball jumps by >= 4 radii (velocity kept) and the simulation goes on.
 - ``constancy``: a ball's hue rotates by 120-240 degrees or its radius is scaled x1.7 or x0.55; its
   trajectory is the possible one (only its appearance changes).
@@ -272,7 +278,7 @@ def _plans_permanence(ctx: _Context, rng: np.random.Generator) -> Iterator[_Plan
             ball=b, onset=onset, scene=plan_scene,
             description=f"ball {b} vanishes while hidden behind occluder {len(scene.occluders)} at frame {onset} "
                         f"and never re-emerges (possible: it re-emerges after frame {end})",
-            params={"occluder": len(scene.occluders), "hidden_frames": [start, end]},
+            params={"occluder": len(scene.occluders), "hidden_frames": [start, end], "variant": "vanish"},
         )  # fmt: skip
 
 
@@ -533,10 +539,12 @@ def make_pair(
     control_path: str | None = None,
     onset_range_s: tuple[float, float] = DEFAULT_ONSET_RANGE_S,
     pair_id: str = "",
+    appear: bool = False,
 ) -> Pair:
     """One pair, a pure function of its arguments. A control goes through ``control_path``'s code
     (default: ``VIOLATIONS[seed % 5]``; ``synthesize_pairs`` cycles by pair index) with a no-op
-    edit, on a scene where that violation would have been valid. ``pair_id`` only goes into
+    edit, on a scene where that violation would have been valid. ``appear`` makes a permanence
+    pair the *appear* variant (``synthesize_pairs``: odd pair indices). ``pair_id`` only goes into
     the sidecars' metadata. Raises RuntimeError when no scene fits in ``MAX_ATTEMPTS``."""
     if pair_type not in PAIR_TYPES:
         raise ValueError(f"unknown pair type {pair_type!r}; expected one of {PAIR_TYPES}")
@@ -544,6 +552,8 @@ def make_pair(
     kind = (control_path or VIOLATIONS[seed % len(VIOLATIONS)]) if noop else pair_type
     if kind not in VIOLATIONS:
         raise ValueError(f"control_path must be one of {VIOLATIONS}, got {kind!r}")
+    if appear and pair_type != "permanence":
+        raise ValueError(f"appear is a variant of permanence pairs, not of {pair_type}")
     world_cfg = type_config(cfg, kind)
     window = onset_window(world_cfg, onset_range_s)
     variant = int(np.random.default_rng([seed, _SEED_TAG]).integers(1 << 20))
@@ -565,6 +575,10 @@ def make_pair(
             impossible = _render_impossible(plan_ctx, outcome, plan.onset, possible)
             if not _shows(plan_ctx, kind, plan, outcome, possible, impossible):
                 continue
+            if kind == "permanence" and _touches_others(ctx, plan.ball, range(len(ctx.world.t))):
+                continue  # both variants need a ball whose absence changes no other ball's path
+            if appear:
+                return _appear_pair(plan_ctx, seed, scene_seed, plan, possible, onset_range_s, pair_id)
             if noop:
                 outcome = _apply(plan_ctx, kind, plan, noop=True)
                 impossible = _render_impossible(plan_ctx, outcome, plan.onset, possible)
@@ -573,10 +587,46 @@ def make_pair(
     raise RuntimeError(f"no {pair_type} scene found in {MAX_ATTEMPTS} attempts (seed {seed}, config {cfg})")
 
 
+def _appear_pair(ctx: _Context, seed: int, scene_seed: int, plan: _Plan, with_ball: np.ndarray,
+                 onset_range_s: tuple[float, float], pair_id: str) -> Pair:
+    """The *appear* variant of an accepted permanence plan. The ball touches no other ball, so the
+    world without it is the same world minus its column: the possible video never draws it, the
+    impossible one draws it from the onset on (hidden then, emerging later)."""
+    b, onset, w = plan.ball, plan.onset, ctx.world
+    keep = np.arange(len(ctx.scene.radius)) != b
+    without = render(ctx.cfg, replace(ctx.scene, radius=ctx.scene.radius[keep], color=ctx.scene.color[keep]),
+                     States(t=w.t, position=w.position[:, keep], velocity=w.velocity[:, keep]))
+    impossible = np.concatenate([without[:onset], with_ball[onset:]])
+    full = state_table(ctx.cfg, ctx.scene, w, scene_seed)
+    frames = np.arange(len(w.t))
+    appear_plan = replace(
+        plan, params={**plan.params, "variant": "appear"},
+        description=f"ball {b} is not there until frame {onset}, then emerges from behind occluder "
+                    f"{plan.params['occluder']} after frame {plan.params['hidden_frames'][1]} though nothing went "
+                    f"behind it (possible: it never appears)",
+    )  # fmt: skip
+    return _build_pair(ctx, "permanence", "permanence", seed, scene_seed, appear_plan, None, without, impossible,
+                       onset_range_s, pair_id, tables=(_absent(full, b, frames >= 0), _absent(full, b, frames < onset)))
+
+
+def _absent(table: pa.Table, ball: int, frames: np.ndarray) -> pa.Table:
+    """``table`` with ``ball`` not in the world at ``frames`` (bool per frame): NaN kinematics, not visible."""
+    rows = (table.column("ball").to_numpy() == ball) & frames[table.column("frame").to_numpy()]
+    for name in ("x", "y", "vx", "vy"):
+        values = table.column(name).to_numpy().copy()
+        values[rows] = np.nan
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.float32()))
+    seen = table.column("visible").to_numpy(zero_copy_only=False).copy()
+    seen[rows] = False
+    return table.set_column(table.schema.get_field_index("visible"), "visible", pa.array(seen, pa.bool_()))
+
+
 def _build_pair(
-    ctx: _Context, pair_type: str, kind: str, seed: int, scene_seed: int, plan: _Plan, outcome: _Outcome,
+    ctx: _Context, pair_type: str, kind: str, seed: int, scene_seed: int, plan: _Plan, outcome: _Outcome | None,
     possible: np.ndarray, impossible: np.ndarray, onset_range_s: tuple[float, float], pair_id: str,
+    tables: tuple[pa.Table, pa.Table] | None = None,
 ) -> Pair:  # fmt: skip
+    """``tables``: (possible, impossible) sidecars when the outcome does not describe them."""
     noop = pair_type == "control"
     description = plan.description
     if noop:
@@ -586,10 +636,12 @@ def _build_pair(
         "onset_s": plan.onset / ctx.cfg.fps, "first_diff_frame": _first_diff(possible, impossible),
         "ball": plan.ball, "description": description, "params": plan.params, "pair_seed": seed,
         "scene_seed": scene_seed, "onset_range_s": list(onset_range_s),
-        "removed_ball_rows": "kept; x, y, vx, vy NaN and visible false from the onset",
+        "removed_ball_rows": "kept; x, y, vx, vy NaN and visible false where the ball is not in the world",
     }  # fmt: skip
-    possible_table = state_table(ctx.cfg, ctx.scene, ctx.world, scene_seed)
-    impossible_table = _impossible_table(ctx.cfg, ctx.scene, outcome, plan, scene_seed)
+    if tables is None:
+        tables = (state_table(ctx.cfg, ctx.scene, ctx.world, scene_seed),
+                  _impossible_table(ctx.cfg, ctx.scene, outcome, plan, scene_seed))
+    possible_table, impossible_table = tables
     if not noop and plan.color is not None:
         meta["color_after"] = plan.color.round(4).tolist()
     return Pair(
@@ -613,7 +665,7 @@ def _write_pair(
     this_seed = pair_seed(seed, pair_type, index)
     control_path = VIOLATIONS[index % len(VIOLATIONS)] if pair_type == "control" else None
     pair = make_pair(cfg, pair_type, this_seed, control_path=control_path, onset_range_s=onset_range_s,
-                     pair_id=pair_id)  # fmt: skip
+                     pair_id=pair_id, appear=pair_type == "permanence" and index % 2 == 1)  # fmt: skip
     stem = storage.join_uri(out_uri, pair_type, f"pair_{index:05d}")
     uris = {}
     tables = (pair.possible_table, pair.impossible_table)

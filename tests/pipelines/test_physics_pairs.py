@@ -23,7 +23,8 @@ PER_TYPE = 3
 def pairs_of(pair_type: str, n: int = PER_TYPE, seed: int = 0) -> list:
     """Pairs 0..n-1 of a run, as ``synthesize_pairs`` makes them."""
     path = (lambda i: VIOLATIONS[i % 5]) if pair_type == "control" else (lambda i: None)
-    return [make_pair(SMALL, pair_type, pair_seed(seed, pair_type, i), control_path=path(i)) for i in range(n)]
+    return [make_pair(SMALL, pair_type, pair_seed(seed, pair_type, i), control_path=path(i),
+                      appear=pair_type == "permanence" and i % 2 == 1) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +95,34 @@ def test_sidecar_metadata(pairs):
 def test_permanence_sidecar_and_hidden_onset(pairs):
     for pair in pairs["permanence"]:
         b, onset = pair.ball, pair.onset_frame
-        assert (pair.possible[onset] == pair.impossible[onset]).all()  # removed while fully hidden
+        assert (pair.possible[onset] == pair.impossible[onset]).all()  # removed or added while fully hidden
         seen = column(pair.impossible_table, "visible", b)
         x = column(pair.impossible_table, "x", b)
-        assert not seen[onset:].any() and np.isnan(x[onset:]).all() and not np.isnan(x[:onset]).any()
-        assert column(pair.possible_table, "visible", b)[onset:].any()  # it re-emerges there
+        if pair.params["variant"] == "vanish":
+            assert not seen[onset:].any() and np.isnan(x[onset:]).all() and not np.isnan(x[:onset]).any()
+            assert column(pair.possible_table, "visible", b)[onset:].any()  # it re-emerges there
+        else:  # appear: not in the world before the onset; never in the possible one
+            assert not seen[:onset].any() and np.isnan(x[:onset]).all() and seen[onset:].any()
+            assert np.isnan(column(pair.possible_table, "x", b)).all()
         assert len(json.loads(pair.possible_table.schema.metadata[METADATA_KEY])["occluders"]) >= 1
+    assert [p.params["variant"] for p in pairs["permanence"]] == ["vanish", "appear", "vanish"]
+
+
+def test_permanence_variants_form_intphys_quadruplets():
+    """Vanish and appear from one seed are IntPhys's four movies: the ball seen before the onset
+    or not, seen after it or not. The two possible videos and the two impossible ones have the
+    same frames after the onset, swapped, so a scorer that only reacts to change cannot prefer
+    the impossible video of both pairs."""
+    seed = pair_seed(0, "permanence", 0)
+    vanish, appear = make_pair(SMALL, "permanence", seed), make_pair(SMALL, "permanence", seed, appear=True)
+    onset = vanish.onset_frame
+    assert appear.onset_frame == onset and appear.ball == vanish.ball
+    assert (appear.impossible[onset:] == vanish.possible[onset:]).all()  # the ball comes out
+    assert (appear.possible[onset:] == vanish.impossible[onset:]).all()  # nothing comes out
+    assert (appear.possible[:onset] == appear.impossible[:onset]).all()
+    assert not (appear.possible[:onset] == vanish.possible[:onset]).all()  # the ball is seen going in
+    with pytest.raises(ValueError, match="variant of permanence"):
+        make_pair(SMALL, "continuity", seed, appear=True)
 
 
 def test_continuity_sidecar_shows_the_jump(pairs):
