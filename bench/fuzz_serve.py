@@ -40,6 +40,17 @@ class FuzzReport:
     """route (mode) for which the schema allows no case"""
     replicas_lost: int = 0
 
+    def record(self, label: str, mode: str, send: Callable[[], requests.Response], shown: str = "") -> None:
+        """Send one request and count its answer, or the dropped connection."""
+        try:
+            response = send()
+        except requests.RequestException as err:  # refused, reset, timed out
+            self.dropped.append(f"{label} ({mode}){shown} -> {type(err).__name__}: {err}")
+            return
+        self.statuses[(label, mode, response.status_code)] += 1
+        if response.status_code >= 500:
+            self.server_errors.append(f"{label} ({mode}){shown} -> {response.status_code} {response.text[:300]}")
+
     @property
     def cases(self) -> int:
         return sum(self.statuses.values()) + len(self.dropped)
@@ -71,17 +82,10 @@ def fuzz(url: str, examples: int, seed: int = 0, headers: dict[str, str] | None 
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     report = FuzzReport()
 
-    def sender(label: str, mode: str):
+    def sender(label: str, mode: str) -> Callable:
         def send(case) -> None:
-            shown = f"{label} ({mode}): {case.as_curl_command()[:300]}"
-            try:
-                response = case.call(base_url=url, headers=headers, timeout=timeout_s)
-            except requests.RequestException as err:  # refused, reset, timed out
-                report.dropped.append(f"{shown} -> {type(err).__name__}: {err}")
-                return
-            report.statuses[(label, mode, response.status_code)] += 1
-            if response.status_code >= 500:
-                report.server_errors.append(f"{shown} -> {response.status_code} {response.text[:300]}")
+            report.record(label, mode, lambda: case.call(base_url=url, headers=headers, timeout=timeout_s),
+                          f": {case.as_curl_command()[:300]}")
         return send
 
     for result in schema.get_all_operations():
@@ -143,25 +147,23 @@ def mutate(url: str, examples: int, seed: int, uploads: dict[str, bytes], bodies
     `broken_bytes`, or the JSON `bodies[route]` broken by `broken_json`."""
     report = FuzzReport()
 
-    def sender(route: str, post: Callable):
-        def send(payload) -> None:
-            try:
-                response = post(f"{url}{route}", payload)
-            except requests.RequestException as err:
-                report.dropped.append(f"POST {route} (mutated) -> {type(err).__name__}: {err}")
-                return
-            report.statuses[(f"POST {route}", "mutated", response.status_code)] += 1
-            if response.status_code >= 500:
-                report.server_errors.append(f"POST {route} (mutated) -> {response.status_code} {response.text[:300]}")
+    def upload(route: str) -> Callable:
+        def send(data: bytes) -> None:
+            report.record(f"POST {route}", "mutated", lambda: requests.post(
+                f"{url}{route}", files={"video": ("clip.mp4", data, "video/mp4")}, timeout=timeout_s))
+        return send
+
+    def post_json(route: str) -> Callable:
+        def send(body: dict) -> None:  # json.dumps writes NaN and Infinity as bare tokens
+            report.record(f"POST {route}", "mutated", lambda: requests.post(
+                f"{url}{route}", data=json.dumps(body), headers={"content-type": "application/json"},
+                timeout=timeout_s))
         return send
 
     for route, video in uploads.items():
-        post = lambda u, data: requests.post(u, files={"video": ("clip.mp4", data, "video/mp4")}, timeout=timeout_s)  # noqa: E731
-        _run(broken_bytes(video), sender(route, post), examples, seed)
+        _run(broken_bytes(video), upload(route), examples, seed)
     for route, body in bodies.items():
-        post = lambda u, data: requests.post(u, data=json.dumps(data), timeout=timeout_s,  # noqa: E731
-                                             headers={"content-type": "application/json"})
-        _run(broken_json(body), sender(route, post), examples, seed)
+        _run(broken_json(body), post_json(route), examples, seed)
     return report
 
 
@@ -196,13 +198,14 @@ def replicas() -> set[str]:
 
 
 def main() -> None:
+    from pipelines.synth_physics import PhysicsConfig, make_video
     from ray_jobs.serve_app import deploy
     from ray_jobs.serve_config import ServeConfig
-    from pipelines.synth_physics import PhysicsConfig, make_video
     from ray_jobs.tiny_models import register_tiny, register_tiny_world
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=200, help="generated cases per route and mode (positive, negative, mutated)")
+    ap.add_argument("--examples", type=int, default=200,
+                    help="generated cases per route and mode (positive, negative, mutated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
