@@ -598,7 +598,7 @@ def _appear_pair(ctx: _Context, seed: int, scene_seed: int, plan: _Plan, with_ba
                      States(t=w.t, position=w.position[:, keep], velocity=w.velocity[:, keep]))
     impossible = np.concatenate([without[:onset], with_ball[onset:]])
     full = state_table(ctx.cfg, ctx.scene, w, scene_seed)
-    frames = np.arange(len(w.t))
+    before_onset = np.arange(len(w.t)) < onset
     appear_plan = replace(
         plan, params={**plan.params, "variant": "appear"},
         description=f"ball {b} is not there until frame {onset}, then emerges from behind occluder "
@@ -606,7 +606,7 @@ def _appear_pair(ctx: _Context, seed: int, scene_seed: int, plan: _Plan, with_ba
                     f"behind it (possible: it never appears)",
     )  # fmt: skip
     return _build_pair(ctx, "permanence", "permanence", seed, scene_seed, appear_plan, None, without, impossible,
-                       onset_range_s, pair_id, tables=(_absent(full, b, frames >= 0), _absent(full, b, frames < onset)))
+                       onset_range_s, pair_id, tables=(_absent(full, b, np.ones_like(before_onset)), _absent(full, b, before_onset)))
 
 
 def _absent(table: pa.Table, ball: int, frames: np.ndarray) -> pa.Table:
