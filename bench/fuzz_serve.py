@@ -17,8 +17,6 @@ models and leaves the last app running.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import tempfile
 import time
@@ -167,24 +165,17 @@ def mutate(url: str, examples: int, seed: int, uploads: dict[str, bytes], bodies
     return report
 
 
-def png(frame) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def world_bodies(img_size: int = 32) -> dict[str, dict]:
     """Valid /v1/predict and /v1/plan bodies for a reacher world model: a rendered frame and state."""
     from pipelines.planning_protocol import Episode, Protocol, make_goal
+    from ray_jobs.client import image_b64
 
     protocol = Protocol(img_size=img_size)
     goal = make_goal(protocol, 0)
     episode = Episode(protocol, goal)
-    frame, state = png(episode.observation()), episode.state().tolist()
+    frame, state = image_b64(episode.observation()), episode.state().tolist()
     return {"/v1/predict": {"frames": [frame], "actions": [[0.1, -0.2], [0.3, 0.0]], "state": state},
-            "/v1/plan": {"observation": frame, "goal": png(goal.image), "state": state, "samples": 16,
+            "/v1/plan": {"observation": frame, "goal": image_b64(goal.image), "state": state, "samples": 16,
                          "iterations": 2, "horizon": 3, "elites": 4, "seed": 0}}
 
 

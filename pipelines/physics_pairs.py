@@ -519,10 +519,8 @@ def _impossible_table(cfg: PhysicsConfig, scene: Scene, outcome: _Outcome, plan:
     table = state_table(cfg, scene, outcome.states, scene_seed)
     frame, ball = table.column("frame").to_numpy(), table.column("ball").to_numpy()
     changed = (frame >= plan.onset) & (ball == plan.ball)
-    if outcome.removed is not None:  # NaN kinematics come from the states; visible() calls NaN visible
-        seen = table.column("visible").to_numpy(zero_copy_only=False).copy()
-        seen[changed] = False
-        return table.set_column(table.schema.get_field_index("visible"), "visible", pa.array(seen, pa.bool_()))
+    if outcome.removed is not None:  # visible() calls NaN visible, so _absent marks the rows
+        return _absent(table, outcome.removed, np.arange(len(outcome.states.t)) >= plan.onset)
     radius = table.column("radius").to_numpy().copy()
     radius[changed] = outcome.scene_after.radius[plan.ball]  # differs from the scene's for a size change
     return table.set_column(table.schema.get_field_index("radius"), "radius", pa.array(radius, pa.float32()))
