@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-train bench-serve bench-fuzz bench-plan bench-gpu test-serve-file stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-stream bench-train bench-serve bench-fuzz bench-plan bench-gpu test-serve-file stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -87,6 +87,10 @@ bench: setup ## benchmarks that print figures (train-step throughput)
 bench-data: setup ## data-loading benchmark: clips/s per core and RSS, reference (decord) vs direct vs shards
 	-$(PY) -m pip install --quiet --no-deps --target .bench/decordlib decord==0.6.0
 	$(PY) bench/bench_data.py $$([ -d .bench/decordlib/decord ] && echo --decord-path .bench/decordlib)
+
+bench-stream: setup ## training data stream (Ray Data, shard mode) vs its decode function: clips per CPU-s, first batch, 1 vs 2 nodes
+	$(JEPA) stack up --no-ray
+	eval "$$($(JEPA) stack env)" && $(PY) bench/bench_stream.py
 
 bench-train: setup ## Ray Train overhead: the same tiny-model steps in a 1-worker TorchTrainer vs a plain PyTorch loop
 	$(PY) bench/bench_train_overhead.py --steps 40 --threads 1

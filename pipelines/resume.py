@@ -11,12 +11,8 @@ consumed knows the position to resume at, drops included.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pyarrow.fs as pafs
 
 INPUT_ROWS = "input_rows"
 """Output column: how many input rows of the dataset each clip accounts for (see ``input_rows``)."""
@@ -64,53 +60,38 @@ def epoch_items(uris: list[str], *, seed: int, epochs: int, start: int = 0) -> l
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardPass:
-    """One epoch's reads: ``head`` (a shard file whose first ``head_skip`` rows were consumed
-    before the resume position; None if the epoch starts on a file boundary), then ``files`` whole."""
+class RowRange:
+    """Rows [lo, hi) of one shard file, read and decoded by one task for epoch ``epoch``."""
 
+    path: str
+    lo: int
+    hi: int
     epoch: int
-    files: list[str]
-    head: str | None = None
-    head_skip: int = 0
 
 
-def plan_shard_passes(paths: list[str], counts: list[int], *, seed: int, epochs: int, start: int = 0) -> list[ShardPass]:
-    """The epochs of shard mode (each over ``paths`` in its seeded order) from row ``start`` on:
-    whole epochs and whole files before it are left out, using ``counts`` (rows per file, aligned
-    with ``paths``; unused when ``start`` is 0)."""
+def plan_row_ranges(paths: list[str], counts: list[int], *, rows_per_range: int, seed: int, epochs: int,
+                    start: int = 0) -> list[RowRange]:
+    """Shard mode's read plan: every file (``counts`` rows each, aligned with ``paths``) cut into
+    ranges of ``rows_per_range`` rows, each epoch over all ranges in its own seeded order, from row
+    ``start`` on. Whole epochs and whole ranges before the position are left out, and the range it
+    falls in starts at its first unconsumed row, so a resumed run never reads them."""
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
+    if rows_per_range < 1:
+        raise ValueError(f"rows_per_range must be >= 1, got {rows_per_range}")
     total = sum(counts)
-    first, skip = divmod(start, total) if start and total else (0, 0)
+    first, skip = divmod(start, total) if total else (0, 0)
     if start and (not total or first >= epochs):
         raise ValueError(f"start={start} is past the {epochs * total} rows of {epochs} epochs")
-    passes = []
+    ranges = [(path, lo, min(lo + rows_per_range, n)) for path, n in zip(paths, counts)
+              for lo in range(0, n, rows_per_range)]
+    plan = []
     for epoch in range(first, epochs):
-        order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(paths))]
-        head = None
-        while epoch == first and skip and head is None:
-            i = order.pop(0)
-            if skip >= counts[i]:
-                skip -= counts[i]
-            else:
-                head = paths[i]
-        passes.append(ShardPass(epoch, [paths[i] for i in order], head, skip if head else 0))
-    return passes
-
-
-def leading_rows(path: str, n: int, filesystem: pafs.FileSystem) -> list[tuple[str, int]]:
-    """(uri, segment) of the first ``n`` rows of a shard file: only those two columns are read."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["uri", "segment"], filesystem=filesystem).slice(0, n)
-    return list(zip(table["uri"].to_pylist(), table["segment"].to_pylist()))
-
-
-def drop_rows_batch(batch, *, rows: list[tuple[str, int]]):
-    """Arrow shard rows minus those whose (uri, segment) is in ``rows``: a cheap filter before the
-    decode. (uri, segment) names one row of a shard, as ingest writes every segment once."""
-    import pyarrow as pa
-
-    drop = {(str(u), int(s)) for u, s in rows}
-    keep = [(u, s) not in drop for u, s in zip(batch["uri"].to_pylist(), batch["segment"].to_pylist())]
-    return batch.filter(pa.array(keep, type=pa.bool_()))
+        for i in np.random.default_rng([seed, epoch]).permutation(len(ranges)):
+            path, lo, hi = ranges[i]
+            if skip >= hi - lo:  # only in the first epoch: wholly consumed before the position
+                skip -= hi - lo
+                continue
+            plan.append(RowRange(path, lo + skip, hi, epoch))
+            skip = 0
+    return plan

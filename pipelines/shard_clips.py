@@ -1,16 +1,18 @@
 """Shard mode, the production read path: training clips from an ingested dataset's shards.
 
 Rows of the dataset's parquet shards (``pipelines.shards``: one short H.264 segment per row) are
-streamed with ``read_parquet``, decoded, augmented (``pipelines.augment``) and given their masks
-(``pipelines.masking``), all in ``map_batches`` on CPU. A row is one clip, never a whole video, so
-memory does not grow with the dataset. Every row's RNG is seeded by (seed, row key), so every
+read, decoded, augmented (``pipelines.augment``) and given their masks (``pipelines.masking``) by
+one Ray task per range of rows, on CPU. A row is one clip, never a whole video, so memory does not
+grow with the dataset. Every row's RNG is seeded by (seed, row key), so every
 epoch sees different clips yet a rerun sees the same ones, however Ray batches the rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,8 +21,8 @@ from jepa.config import DataConfig, MaskConfig
 from pipelines import shards, storage
 from pipelines.augment import augment_clip
 from pipelines.keys import is_held_out, row_key
-from pipelines.masking import with_masks
-from pipelines.resume import ShardPass, clips_batch, drop_rows_batch, leading_rows, plan_shard_passes
+from pipelines.masking import add_masks_batch
+from pipelines.resume import clips_batch, plan_row_ranges
 from pipelines.video import VideoDecodeError
 
 if TYPE_CHECKING:
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 SHARD_COLUMNS = ["uri", "segment", "mp4"]
 """The shard columns a training clip needs."""
+
+MAX_PLAN_BLOCKS = 256
+"""Most Ray blocks the read plan is split into (``shard_clip_dataset``)."""
 
 
 def decode_shard_batch(
@@ -70,6 +75,32 @@ def decode_shard_batch(
     return clips_batch(clips, keys, kept, len(batch["uri"]), num_frames=num_frames, size=size)
 
 
+def decode_ranges_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    filesystem: pafs.FileSystem,
+    batch_size: int,
+    mask_grid: tuple[int, int, int] | None = None,
+    mask_cfgs: list[dict] | None = None,
+    **decode_kwargs,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read tasks' stage: {"path", "lo", "hi", "epoch"} row ranges (``plan_row_ranges``) -> their
+    clips, ``batch_size`` rows at a time (each a block of its own: ``decode_shard_batch``'s output,
+    plus "target_masks" when ``mask_grid`` and ``mask_cfgs`` are given). The range is read here, in
+    the decode task, so its MP4 bytes never pass through the object store."""
+    for path, lo, hi, epoch in zip(batch["path"], batch["lo"], batch["hi"], batch["epoch"]):
+        table = shards.read_shard_rows(str(path), int(lo), int(hi), filesystem, columns=SHARD_COLUMNS)
+        for offset in range(0, table.num_rows, batch_size):
+            part = table.slice(offset, batch_size)
+            out = decode_shard_batch({"uri": np.asarray(part["uri"].to_pylist()),
+                                      "segment": np.asarray(part["segment"].to_pylist()),
+                                      "mp4": np.asarray(part["mp4"].to_pylist(), dtype=object)},
+                                     epoch=int(epoch), **decode_kwargs)
+            if mask_grid is not None:
+                out = add_masks_batch(out, grid=mask_grid, mask_cfgs=mask_cfgs, seed=decode_kwargs["seed"])
+            yield out
+
+
 def shard_clip_dataset(
     dataset_uri: str,
     *,
@@ -87,23 +118,33 @@ def shard_clip_dataset(
     decode_cpus: float = 0.5,
     decode_tasks: int | None = None,
     batch_size: int = 4,
+    rows_per_range: int = shards.SHARD_ROW_GROUP_ROWS,
     start: int = 0,
 ) -> ray.data.Dataset:
-    """Dataset of {"clip": uint8 (T, H, W, 3), "key": int64[, "target_masks": bool (K, N)]} rows
-    streamed from an ingested dataset's shards (``s3://B/datasets/NAME`` or a local folder),
-    ``epochs`` passes, each over the shard files in its own seeded order.
+    """Dataset of {"clip": uint8 (T, H, W, 3), "key": int64, INPUT_ROWS: int64[, "target_masks":
+    bool (K, N)]} rows streamed from an ingested dataset's shards (``s3://B/datasets/NAME`` or a
+    local folder), ``epochs`` passes over them.
 
-    ``start`` drops that many leading shard rows (over all epochs, held-out rows included) before
-    decoding: whole epochs and whole shard files are never read, and only the one shard file the
-    position falls in is read with its leading rows filtered out (``plan_shard_passes``).
+    The shards are listed once. Every file is cut into ranges of ``rows_per_range`` rows (a row
+    group as ingest writes them), each epoch visits every range in its own seeded order
+    (``plan_row_ranges``), and each range is one unit of work: its task reads it and decodes it
+    (``decode_ranges_batch``). So decode parallelism follows ``decode_tasks`` (and ``decode_cpus``)
+    within an epoch, and the first batch waits for one range, whatever the epoch count. Output
+    blocks hold ``batch_size`` clips, so a consumer batching by the same size gets whole blocks.
 
-    With ``mask_grid`` (the model's token grid) and ``mask_cfgs``, a second ``map_batches`` stage
-    adds per-clip mask flags (``add_masks_batch``). ``fps``, when given, must match the shards'.
-    ``held_out_fraction`` drops the sources ``split_held_out`` would hold out. Hand the result to
-    Ray Train, whose ``streaming_split(equal=True)`` gives every worker the same number of rows.
+    ``start`` drops that many leading rows of the plan (over all epochs, held-out rows included):
+    the ranges before it are never read and the range it falls in starts at its first unconsumed
+    row. With more than one decode task, clips arrive in completion order, not plan order (set
+    ``preserve_order`` for the exact order). With ``mask_grid`` (the model's token grid) and
+    ``mask_cfgs``, each clip gets its target-mask flags (``add_masks_batch``) in the same task.
+    ``fps``, when given, must match the shards'. ``held_out_fraction`` drops the sources
+    ``split_held_out`` would hold out. Hand the result to Ray Train, whose
+    ``streaming_split(equal=True)`` gives every worker the same number of rows.
     """
     import ray.data  # here, so the transforms above import without Ray
 
+    if (mask_grid is None) != (mask_cfgs is None):
+        raise ValueError("give both mask_grid and mask_cfgs, or neither")
     info = shards.load_dataset_info(dataset_uri)
     uris = shards.shard_uris(dataset_uri, info)
     if not uris:
@@ -116,32 +157,26 @@ def shard_clip_dataset(
             raise ValueError(f"num_frames={num_frames} exceeds the {spec.frames} frames per segment of {dataset_uri}")
         if fps is not None and abs(fps - spec.fps) > 1e-6:
             raise ValueError(f"fps={fps} but {dataset_uri} was ingested at {spec.fps} fps: re-ingest or change fps")
-    compute = ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None
-    decode_kwargs = {"num_frames": num_frames, "size": size, "seed": seed, "crop_scale": tuple(crop_scale),
-                     "crop_aspect": tuple(crop_aspect), "flip": flip, "held_out_fraction": held_out_fraction}
-    counts = _shard_row_counts(dataset_uri, info, uris, paths, filesystem) if start else [0] * len(uris)
-    passes = []
-    for plan in plan_shard_passes(paths, counts, seed=seed, epochs=epochs, start=start):
-        ds = _read_pass(plan, filesystem)
-        ds = ds.map_batches(decode_shard_batch, fn_kwargs={**decode_kwargs, "epoch": plan.epoch}, batch_size=batch_size,
-                            batch_format="numpy", num_cpus=decode_cpus, compute=compute)
-        passes.append(with_masks(ds, mask_grid, mask_cfgs, seed, batch_size, decode_cpus, compute))
-    return passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
-
-
-def _read_pass(plan: ShardPass, filesystem: pafs.FileSystem) -> ray.data.Dataset:
-    """Shard rows {"uri", "segment", "mp4"} of one pass: the head file without its consumed rows
-    (dropped by (uri, segment), before decode), then the whole files."""
-    import ray.data
-
-    reads = []
-    if plan.head is not None:
-        consumed = leading_rows(plan.head, plan.head_skip, filesystem)
-        reads.append(ray.data.read_parquet(plan.head, filesystem=filesystem).select_columns(SHARD_COLUMNS)
-                     .map_batches(drop_rows_batch, fn_kwargs={"rows": consumed}, batch_format="pyarrow", batch_size=None))
-    if plan.files:
-        reads.append(ray.data.read_parquet(plan.files, filesystem=filesystem).select_columns(SHARD_COLUMNS))
-    return reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
+    counts = _shard_row_counts(dataset_uri, info, uris, paths, filesystem)
+    plan = plan_row_ranges(paths, counts, rows_per_range=rows_per_range, seed=seed, epochs=epochs, start=start)
+    if not plan:
+        raise ValueError(f"the shards of {dataset_uri} hold no rows")
+    kwargs = {"filesystem": filesystem, "batch_size": batch_size, "num_frames": num_frames, "size": size,
+              "seed": seed, "crop_scale": tuple(crop_scale), "crop_aspect": tuple(crop_aspect), "flip": flip,
+              "held_out_fraction": held_out_fraction}
+    if mask_grid is not None:
+        kwargs.update(mask_grid=tuple(mask_grid),
+                      mask_cfgs=[dataclasses.asdict(c) if isinstance(c, MaskConfig) else dict(c) for c in mask_cfgs])
+    # A Ray block per range costs about 1.5 ms of driver time to create; past MAX_PLAN_BLOCKS,
+    # a block holds several consecutive ranges and its task streams them one after the other.
+    items = [dataclasses.asdict(r) for r in plan]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_PLAN_BLOCKS)).map_batches(
+        decode_ranges_batch, fn_kwargs=kwargs, batch_size=1, batch_format="numpy", num_cpus=decode_cpus,
+        compute=ray.data.TaskPoolStrategy(size=decode_tasks) if decode_tasks else None)
+    # Blocks the size of one yielded batch, not Ray's default of up to 128 MiB: the consumer gets
+    # clips as soon as a batch is decoded, and whole blocks when it batches by the same size.
+    ds.context.target_max_block_size = batch_size * num_frames * size * size * 3
+    return ds
 
 
 def _shard_row_counts(dataset_uri: str, info: dict | None, uris: list[str], paths: list[str],

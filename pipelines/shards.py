@@ -49,6 +49,7 @@ from typing import Any
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
@@ -383,6 +384,22 @@ def iter_shard_batches(uri: str, columns: list[str] | None = None, batch_rows: i
     # pre_buffer (pyarrow's default) reads every row group of the file ahead: unbounded for big shards.
     with pq.ParquetFile(path, filesystem=filesystem, pre_buffer=False) as reader:
         yield from reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+
+
+def read_shard_rows(path: str, lo: int, hi: int, filesystem: pafs.FileSystem,
+                    columns: list[str] | None = None) -> pa.Table:
+    """Rows [lo, hi) of the shard file at ``path`` in ``filesystem``: only the row groups that hold
+    them are fetched (one, when ranges follow ``SHARD_ROW_GROUP_ROWS``)."""
+    with pq.ParquetFile(path, filesystem=filesystem, pre_buffer=False) as shard:
+        groups, first, offset = [], 0, 0
+        for g in range(shard.metadata.num_row_groups):
+            n = shard.metadata.row_group(g).num_rows
+            if offset < hi and offset + n > lo:
+                first = first if groups else offset
+                groups.append(g)
+            offset += n
+        table = shard.read_row_groups(groups, columns=columns, use_threads=False)
+    return table.slice(lo - first, hi - lo)
 
 
 def load_dataset_info(dataset_uri: str, settings: storage.S3Settings | None = None) -> dict | None:

@@ -61,7 +61,8 @@ def training_dataset(cfg: RunConfig, start: int = 0) -> tuple[ray.data.Dataset, 
         usable = max(1, int(segments * (1 - d.held_out_fraction)))
         dataset = shard_clip_dataset(d.dataset, epochs=math.ceil(clips_needed / usable) + 1,
                                      crop_scale=d.crop_scale, crop_aspect=d.crop_aspect, flip=d.flip,
-                                     held_out_fraction=d.held_out_fraction, start=start, **common)
+                                     held_out_fraction=d.held_out_fraction, start=start,
+                                     batch_size=cfg.train.batch_size, **common)
         held_out = []
         print(f"[data] {segments} segments in {d.dataset}", flush=True)
     else:

@@ -14,7 +14,7 @@ from pipelines import storage
 from pipelines.direct_clips import clip_dataset, decode_clips_batch
 from pipelines.images import decode_images_batch, image_dataset
 from pipelines.keys import row_key
-from pipelines.resume import INPUT_ROWS, epoch_items, input_rows, plan_shard_passes
+from pipelines.resume import INPUT_ROWS, epoch_items, input_rows, plan_row_ranges
 from pipelines.shard_clips import shard_clip_dataset
 from pipelines.shards import encode_segment, rows_to_table, write_shard
 from pipelines.synth_physics import PhysicsConfig, make_video, synthesize
@@ -41,28 +41,41 @@ def test_epoch_items_from_start_is_a_suffix_of_the_full_list():
         epoch_items(uris, seed=3, epochs=3, start=-1)
 
 
-def _planned_rows(plans, paths, counts) -> list[tuple[int, str, int]]:
-    """(epoch, file, row in file) of every row the plans read, in order."""
-    rows = []
-    for p in plans:
-        if p.head is not None:
-            rows += [(p.epoch, p.head, j) for j in range(p.head_skip, counts[paths.index(p.head)])]
-        rows += [(p.epoch, f, j) for f in p.files for j in range(counts[paths.index(f)])]
-    return rows
+def _planned_rows(plan) -> list[tuple[int, str, int]]:
+    """(epoch, file, row in file) of every row a read plan reads, in order."""
+    return [(r.epoch, r.path, j) for r in plan for j in range(r.lo, r.hi)]
 
 
-def test_plan_shard_passes_from_start_is_a_suffix_and_skips_whole_files():
-    paths, counts = ["a", "b", "c", "d"], [3, 0, 4, 2]
-    full = _planned_rows(plan_shard_passes(paths, counts, seed=2, epochs=3), paths, counts)
-    assert len(full) == 27
-    for k in range(27):
-        plans = plan_shard_passes(paths, counts, seed=2, epochs=3, start=k)
-        assert _planned_rows(plans, paths, counts) == full[k:], k
-        # whole epochs before the position are left out; so are whole files (else their rows
-        # would be planned too), and the file it falls in starts at its first unconsumed row
-        assert plans[0].epoch == k // 9
+def test_plan_row_ranges_from_start_is_a_suffix_and_skips_whole_ranges():
+    paths, counts = ["a", "b", "c", "d"], [3, 0, 5, 2]
+    full = plan_row_ranges(paths, counts, rows_per_range=2, seed=2, epochs=3)
+    rows = _planned_rows(full)
+    assert len(rows) == 30
+    for epoch in range(3):  # every epoch reads every row once, in ranges of at most 2 rows
+        assert sorted(r[1:] for r in rows if r[0] == epoch) == [(p, j) for p, n in zip(paths, counts) for j in range(n)]
+    assert all(r.hi - r.lo <= 2 for r in full) and len(full) == 3 * 6
+    assert [r.path for r in full[:6]] != [r.path for r in full[6:12]]  # each epoch its own order
+    for k in range(30):
+        plan = plan_row_ranges(paths, counts, rows_per_range=2, seed=2, epochs=3, start=k)
+        assert _planned_rows(plan) == rows[k:], k
+        # whole epochs and whole ranges before the position are left out (else their rows would be
+        # planned too), and the range it falls in starts at its first unconsumed row
+        assert plan[0].epoch == k // 10 and len(plan) == len(full) - _whole(full, k)
     with pytest.raises(ValueError, match="past"):
-        plan_shard_passes(paths, counts, seed=2, epochs=3, start=27)
+        plan_row_ranges(paths, counts, rows_per_range=2, seed=2, epochs=3, start=30)
+    with pytest.raises(ValueError, match="rows_per_range"):
+        plan_row_ranges(paths, counts, rows_per_range=0, seed=2, epochs=3)
+
+
+def _whole(plan, k: int) -> int:
+    """How many ranges of ``plan`` lie wholly before row ``k``."""
+    n = 0
+    for r in plan:
+        if k < r.hi - r.lo:
+            break
+        k -= r.hi - r.lo
+        n += 1
+    return n
 
 
 def _mp4(tmp_path, name: str, seed: int) -> str:

@@ -1,6 +1,7 @@
 """Shard-mode training clips: crop/flip, masks, and the Ray Data graph against real SeaweedFS."""
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -153,6 +154,18 @@ def test_shard_clip_dataset_streams_clips_and_masks(ray_local, shard_dataset):
         shard_clip_dataset(shard_dataset, num_frames=8, size=64, fps=8.0)
     with pytest.raises(ValueError, match="exceeds"):
         shard_clip_dataset(shard_dataset, num_frames=9, size=64)
+
+
+@pytest.mark.integration
+def test_one_epoch_is_several_read_and_decode_tasks(ray_local, shard_dataset):
+    """One pass over 3 + 2 rows in ranges of 2 rows is 3 tasks (2 + 1 + 2 rows), each reading and
+    decoding its own range, with blocks of batch_size clips: not one read of everything."""
+    ds = shard_clip_dataset(shard_dataset, num_frames=8, size=32, seed=0, epochs=1, rows_per_range=2,
+                            batch_size=1, decode_tasks=2)
+    assert sum(len(b["clip"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")) == 5
+    stats = ds.stats()
+    assert re.search(r"MapBatches\(decode_ranges_batch\): 3 tasks executed, 5 blocks produced", stats), stats
+    assert "ReadParquet" not in stats
 
 
 @pytest.mark.integration

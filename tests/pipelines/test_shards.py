@@ -4,6 +4,8 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from decode_counter import CountingContainer
@@ -204,3 +206,13 @@ def test_rows_table_write_read(tmp_path):
     # dataset.json's shard list wins over listing the folder
     (dataset / "dataset.json").write_text(json.dumps({"clip_spec": SPEC.to_dict(), "shards": ["shards/part-1.parquet"]}))
     assert shard_uris(str(dataset)) == [str(dataset / "shards" / "part-1.parquet")]
+
+
+def test_read_shard_rows_reads_a_range_across_row_groups(tmp_path):
+    path = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"segment": list(range(70)), "uri": [f"v{i}" for i in range(70)]}), path,
+                   row_group_size=shards.SHARD_ROW_GROUP_ROWS)
+    local = pafs.LocalFileSystem()
+    assert shards.read_shard_rows(path, 30, 40, local, columns=["segment"])["segment"].to_pylist() == list(range(30, 40))
+    assert shards.read_shard_rows(path, 64, 70, local).column("uri").to_pylist() == [f"v{i}" for i in range(64, 70)]
+    assert shards.read_shard_rows(path, 0, 32, local).num_rows == 32

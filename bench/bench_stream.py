@@ -1,0 +1,377 @@
+"""The training data stream against the function it runs: clips per CPU-second, first batch, scale-out.
+
+``bench_data.py`` measures ``decode_shard_batch``, the per-row function, in one pinned process.
+Training gets the whole Ray Data stream (``shard_clip_dataset``: read tasks, decode tasks, the
+object store, batches built in the consumer). This bench measures both in one run on the same
+shards in the bucket, with the clip spec and masks of ``configs/vitl16.yaml`` (16 frames at 4 fps,
+256 px, its mask configs):
+
+- **function**: ``decode_shard_batch`` over every row, in a subprocess pinned to one core;
+  clips / (user + sys CPU seconds).
+- **stream**: a fresh Ray node started by the bench (``ray start --head --num-cpus N``), the
+  dataset consumed with ``iter_torch_batches`` as a trainer does. CPU is counted over every process
+  of the Ray node(s) and the consumer (driver, GCS, raylet, workers, ...), from ``/proc``. Reported:
+  clips per CPU-second, clips per wall-second after the first batch, and the time to the first
+  batch after the dataset is built; with 1 and with 2 CPUs for decode.
+- **scale-out**: the same stream with its 2 decode CPUs on one node against 2 nodes of 1 CPU each
+  (a second ``ray start --address``), alternated, as the two-node test builds its cluster. Both
+  share this machine's cores, so the comparison is at equal total CPUs: what remains is the cost of
+  spreading (more processes, blocks crossing between the nodes' object stores).
+
+The shards: 2 synthetic 360p sources (``bench_data``'s) cut into 16x288x512 segments as ingest cuts
+them, each segment repeated under distinct source URIs (the decode work per row is real; only the
+pixels repeat), split into ``--shards`` shard files with a ``dataset.json``. Needs the stack's S3
+(``make bench-stream`` starts it).
+
+    python bench/bench_stream.py                        # ~20 min on 2 cores (3 runs of 5 settings)
+    python bench/bench_stream.py --epochs 12,100 --no-scale-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/bench_stream.py` imports bench.bench_data and the project
+
+from bench.bench_data import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, sources  # noqa: E402
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default=None, help="where the bench dataset goes (default s3://$JEPA_BUCKET/datasets/bench-stream)")
+    p.add_argument("--cache", default=".bench/data", help="folder for the generated sources")
+    p.add_argument("--segments", type=int, default=192, help="shard rows in all")
+    p.add_argument("--shards", type=int, default=3, help="shard files")
+    p.add_argument("--config", default=str(ROOT / "configs/vitl16.yaml"), help="run config whose clip spec and masks to use")
+    p.add_argument("--epochs", default="12,100", help="epoch counts the dataset is built with (comma-separated)")
+    p.add_argument("--clips", type=int, default=384, help="clips consumed per stream measurement")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per consumer batch")
+    p.add_argument("--decode-cpus", default="1,2", help="CPUs for decode, one measurement each (comma-separated)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each stream setting (alternated)")
+    p.add_argument("--no-scale-out", action="store_true", help="skip the one-node vs two-node comparison")
+    p.add_argument("--function", default=None, help=argparse.SUPPRESS)  # worker mode: JSON job
+    p.add_argument("--stream", default=None, help=argparse.SUPPRESS)  # worker mode: JSON job
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+def build_dataset(dataset: str, cache: Path, segments: int, n_shards: int) -> None:
+    """Shards of ``segments`` rows and a dataset.json under ``dataset`` (kept if already there)."""
+    from pipelines import shards, storage
+
+    if shards.load_dataset_info(dataset) is not None:
+        return
+    spec = shards.ClipSpec(fps=CLIP_FPS, short_side=288, frames=CLIP_FRAMES)
+    cache.mkdir(parents=True, exist_ok=True)
+    base = []
+    for path in sources(cache, "360p", videos=2, seconds=16.0):
+        base += list(shards.video_rows(str(path), uri=f"file://{path}", etag="bench", spec=spec))
+    rows = [{**row, "uri": row["uri"].replace(".mp4", f"-copy{i // len(base)}.mp4")}
+            for i, row in zip(range(segments), [r for _ in range(-(-segments // len(base))) for r in base])]
+    listed = []
+    for k in range(n_shards):
+        part = rows[k::n_shards]
+        name = f"shards/part-{k:05d}.parquet"
+        shards.write_shard(shards.rows_to_table(part, spec), storage.join_uri(dataset, name), shuffle_seed=k)
+        listed.append({"path": name, "segments": len(part)})
+    info = {"schema_version": 1, "clip_spec": spec.to_dict(), "shards": listed, "counts": {"segments": len(rows)}}
+    storage.put_bytes(storage.join_uri(dataset, shards.DATASET_JSON), json.dumps(info).encode())
+    print(f"[bench-stream] wrote {len(rows)} segments in {n_shards} shards to {dataset}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU of a process tree, from /proc
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + sys CPU seconds) of every process we can read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+class TreeCPU:
+    """CPU seconds used by the process trees under ``roots`` while it runs. Sampled every 0.2 s, so
+    a process that exits between samples loses at most its last 0.2 s; one that starts counts from 0."""
+
+    def __init__(self, roots: list[int]):
+        self.roots = set(roots)
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._sample(initial=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _sample(self, initial: bool = False) -> None:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [r for r in self.roots if r in table]
+        while todo:
+            pid = todo.pop()
+            cpu = table[pid][1]
+            if pid not in self._first:
+                self._first[pid] = cpu if initial else 0.0
+            if cpu > self._last.get(pid, -1.0):  # a Ray worker renames itself for each task
+                name = "driver" if pid == os.getpid() else _comm(pid)
+                self.names[pid] = self.names.get(pid, name) if name == "ray::IDLE" else name
+            self._last[pid] = cpu
+            todo += children.get(pid, [])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def read(self) -> dict[int, float]:
+        """CPU seconds used since the start, per process."""
+        self._sample()
+        return {p: self._last[p] - self._first[p] for p in self._last}
+
+    def by_name(self, now: dict[int, float], before: dict[int, float]) -> dict[str, float]:
+        """CPU seconds from ``before`` to ``now`` (two ``read()``s) per process name."""
+        out: dict[str, float] = {}
+        for pid, cpu in now.items():
+            out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - before.get(pid, 0.0)
+        return out
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray nodes started by the bench
+
+
+class Node:
+    """``ray start --block`` as a child process: a head (``address`` None) or a node joining one."""
+
+    def __init__(self, cpus: int, address: str | None = None, port: int = 6390):
+        self.address = address or f"127.0.0.1:{port}"
+        args = [RAY, "start", "--block", f"--num-cpus={cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
+                "--object-store-memory=1000000000", "--disable-usage-stats"]
+        args += [f"--address={address}"] if address else ["--head", f"--port={port}", "--include-dashboard=false"]
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-stream-ray-", suffix=".log", delete=False)
+        env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def stop(self) -> None:
+        self.proc.terminate()  # `ray start --block` stops its raylet and workers on SIGTERM
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+
+
+def _await_cpus(address: str, cpus: int, timeout_s: float = 90.0) -> None:
+    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(int(ray.cluster_resources().get('CPU', 0)))") % address
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(cpus)]:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"the bench's Ray cluster at {address} never showed {cpus} CPUs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker modes: each prints one JSON line
+
+
+def function_worker(job: dict) -> dict:
+    """``decode_shard_batch`` over every shard row, pinned to one core (as bench_data measures it)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from pipelines import shards
+    from pipelines.shard_clips import decode_shard_batch
+
+    batches = []
+    for uri in job["shards"]:
+        for batch in shards.iter_shard_batches(uri, columns=["uri", "segment", "mp4"], batch_rows=4):
+            cols = batch.to_pydict()
+            batches.append({"uri": np.array(cols["uri"]), "segment": np.array(cols["segment"]),
+                            "mp4": np.array(cols["mp4"], dtype=object)})
+    kwargs = {"num_frames": CLIP_FRAMES, "size": CLIP_SIZE, "seed": 0}
+    decode_shard_batch(batches[0], **kwargs)  # warm-up, untimed
+    t0 = os.times()
+    clips = sum(len(decode_shard_batch(b, **kwargs, epoch=1)["clip"]) for b in batches)
+    t1 = os.times()
+    cpu = (t1.user - t0.user) + (t1.system - t0.system)
+    return {"clips": clips, "cpu_s": cpu, "clips_per_cpu_s": clips / cpu}
+
+
+def stream_worker(job: dict) -> dict:
+    """Build the dataset on the bench's cluster and consume ``clips`` clips as a trainer does."""
+    import ray
+    import torch
+
+    from jepa.config import load_config
+    from jepa.model import token_grid
+    from pipelines.shard_clips import shard_clip_dataset
+
+    cfg = load_config(job["config"])
+    ray.init(address=job["address"], logging_level="ERROR", log_to_driver=False)
+    cpu = TreeCPU(job["roots"] + [os.getpid()])
+    t0 = time.perf_counter()
+    ds = shard_clip_dataset(job["dataset"], num_frames=cfg.model.num_frames, size=cfg.model.img_size, fps=cfg.data.fps,
+                            seed=0, epochs=job["epochs"], crop_scale=cfg.data.crop_scale,
+                            crop_aspect=cfg.data.crop_aspect, flip=cfg.data.flip, mask_grid=token_grid(cfg.model),
+                            mask_cfgs=cfg.masks, decode_cpus=1, decode_tasks=job["decode_tasks"],
+                            batch_size=job["batch_size"])
+    ds.context.enable_progress_bars = False
+    built = time.perf_counter()
+    n, first, cpu_first = 0, None, {}
+    for batch in ds.iter_torch_batches(batch_size=job["batch_size"], drop_last=True):
+        assert batch["clip"].shape[1:] == (cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, 3)
+        assert batch["clip"].dtype == torch.uint8
+        n += len(batch["clip"])
+        if first is None:
+            first, cpu_first = time.perf_counter(), cpu.read()
+        if n >= job["clips"]:
+            break
+    end = time.perf_counter()
+    cpu_end = cpu.stop()
+    ray.shutdown()
+    steady = n - job["batch_size"]  # clips after the first batch: the rates leave start-up out
+    by_name = cpu.by_name(cpu_end, cpu_first)
+    cpu_s = sum(by_name.values())
+    by_name = {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+    return {"clips": n, "build_s": built - t0, "first_batch_s": first - built, "cpu_s": cpu_s,
+            "clips_per_cpu_s": steady / cpu_s, "clips_per_s": steady / (end - first),
+            "cpu_by_process": by_name}
+
+
+def run_json(flag: str, job: dict, pin: bool = False) -> dict:
+    cmd = [sys.executable, __file__, flag, json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if pin else None)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{flag} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_stream(job: dict, layout: list[int]) -> dict:
+    """One stream measurement on fresh Ray nodes of ``layout`` CPUs (the first is the head)."""
+    nodes = [Node(layout[0])]
+    try:
+        for cpus in layout[1:]:
+            nodes.append(Node(cpus, address=nodes[0].address))
+        _await_cpus(nodes[0].address, sum(layout))
+        return run_json("--stream", {**job, "address": nodes[0].address, "roots": [n.proc.pid for n in nodes]})
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    if args.function or args.stream:
+        print(json.dumps(function_worker(json.loads(args.function)) if args.function else
+                         stream_worker(json.loads(args.stream))))
+        return
+
+    from pipelines import shards
+
+    dataset = args.dataset or f"s3://{os.environ.get('JEPA_BUCKET', 'jepa')}/datasets/bench-stream-{args.segments}x{args.shards}"
+    t_start = time.perf_counter()
+    build_dataset(dataset, Path(args.cache), args.segments, args.shards)
+    shard_uris = shards.shard_uris(dataset)
+
+    base = {"dataset": dataset, "config": args.config, "clips": args.clips, "batch_size": args.batch_size}
+
+    results: dict[tuple, list[dict]] = {}
+    settings = [(epochs, cpus, (cpus,)) for epochs in map(int, args.epochs.split(",")) for cpus in map(int, args.decode_cpus.split(","))]
+    if not args.no_scale_out:
+        settings += [(int(args.epochs.split(",")[0]), 2, (1, 1))]
+    def function_run() -> float:
+        print("[bench-stream] function: decode_shard_batch, one pinned core", flush=True)
+        return run_json("--function", {"shards": shard_uris}, pin=True)["clips_per_cpu_s"]
+
+    # Function and stream runs alternate, and each stream run is compared with the mean of the
+    # function runs just before and after it: this machine's speed drifts by 30% over minutes.
+    functions = [function_run()]
+    for rep in range(args.repeats):
+        for epochs, cpus, layout in settings:
+            print(f"[bench-stream] stream: epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)} (run {rep + 1})", flush=True)
+            r = measure_stream({**base, "epochs": epochs, "decode_tasks": cpus}, list(layout))
+            functions.append(function_run())
+            r["vs_function"] = r["clips_per_cpu_s"] / statistics.mean(functions[-2:])
+            results.setdefault((epochs, cpus, layout), []).append(r)
+
+    med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0] if m != "cpu_by_process"}
+           for k, runs in results.items()}
+    print(f"\n[bench-stream] done in {time.perf_counter() - t_start:.0f} s; {args.segments} segments in {args.shards} shards, "
+          f"clips {CLIP_FRAMES}x{CLIP_SIZE}x{CLIP_SIZE} with the masks of {Path(args.config).name}, batch {args.batch_size}, "
+          f"median of {args.repeats} runs\n")
+    print(f"function (`decode_shard_batch`, 1 pinned core): {statistics.median(functions):.1f} clips per CPU-second "
+          f"(runs: {[round(f, 1) for f in functions]})\n")
+    print("| epochs | decode CPUs | nodes | stream clips per CPU-s | vs function (runs) | clips per wall-s | first batch s (max) | build s |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for (epochs, cpus, layout), m in med.items():
+        runs = results[(epochs, cpus, layout)]
+        print(f"| {epochs} | {cpus} | {' + '.join(map(str, layout))} | {m['clips_per_cpu_s']:.1f} | "
+              f"{m['vs_function']:.2f}x ({', '.join(format(r['vs_function'], '.2f') for r in runs)}) | "
+              f"{m['clips_per_s']:.1f} | {m['first_batch_s']:.1f} ({max(r['first_batch_s'] for r in runs):.1f}) | "
+              f"{m['build_s']:.1f} |")
+    print("\nCPU seconds by process after the first batch (the last run of each setting; ray:: are Ray workers):")
+    for (epochs, cpus, layout), runs in results.items():
+        print(f"- epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}: {runs[-1]['cpu_by_process']}")
+    summary = {"function_clips_per_cpu_s": functions,
+               "stream": [{"epochs": e, "decode_cpus": c, "nodes": list(l), **m} for (e, c, l), m in med.items()]}
+    if not args.no_scale_out:
+        epochs = int(args.epochs.split(",")[0])
+        one, two = results[(epochs, 2, (2,))], results[(epochs, 2, (1, 1))]
+        ratios = [b["clips_per_s"] / a["clips_per_s"] for a, b in zip(one, two)]  # runs next to each other
+        summary["spread_ratio"] = statistics.median(ratios)
+        print(f"\nscale-out at 2 decode CPUs, clips per wall-s of 2 nodes x 1 CPU / 1 node x 2 CPUs: "
+              f"{summary['spread_ratio']:.2f}x (runs: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"{[round(r['clips_per_s'], 1) for r in two]} vs {[round(r['clips_per_s'], 1) for r in one]} clips/s)")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
