@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", default="12,100", help="epoch counts the dataset is built with (comma-separated)")
     p.add_argument("--clips", type=int, default=384, help="clips consumed per stream measurement")
     p.add_argument("--batch-size", type=int, default=8, help="clips per consumer batch")
+    p.add_argument("--rows-per-range", type=int, default=32, help="shard rows per read-and-decode task")
     p.add_argument("--decode-cpus", default="1,2", help="CPUs for decode, one measurement each (comma-separated)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each stream setting (alternated)")
     p.add_argument("--no-scale-out", action="store_true", help="skip the one-node vs two-node comparison")
@@ -198,6 +199,8 @@ class Node:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, 9)
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 def _await_cpus(address: str, cpus: int, timeout_s: float = 90.0) -> None:
@@ -258,7 +261,7 @@ def stream_worker(job: dict) -> dict:
                             seed=0, epochs=job["epochs"], crop_scale=cfg.data.crop_scale,
                             crop_aspect=cfg.data.crop_aspect, flip=cfg.data.flip, mask_grid=token_grid(cfg.model),
                             mask_cfgs=cfg.masks, decode_cpus=1, decode_tasks=job["decode_tasks"],
-                            batch_size=job["batch_size"])
+                            batch_size=job["batch_size"], rows_per_range=job["rows_per_range"])
     ds.context.enable_progress_bars = False
     built = time.perf_counter()
     n, first, cpu_first = 0, None, {}
@@ -321,7 +324,8 @@ def main() -> None:
     build_dataset(dataset, Path(args.cache), args.segments, args.shards)
     shard_uris = shards.shard_uris(dataset)
 
-    base = {"dataset": dataset, "config": args.config, "clips": args.clips, "batch_size": args.batch_size}
+    base = {"dataset": dataset, "config": args.config, "clips": args.clips, "batch_size": args.batch_size,
+            "rows_per_range": args.rows_per_range}
 
     results: dict[tuple, list[dict]] = {}
     settings = [(epochs, cpus, (cpus,)) for epochs in map(int, args.epochs.split(",")) for cpus in map(int, args.decode_cpus.split(","))]
