@@ -156,7 +156,7 @@ def worker(job: dict) -> dict:
     torch.set_num_threads(1)
     from pipelines import shards
     from pipelines.augment import augment_clip
-    from pipelines.shard_clips import decode_shard_batch
+    from pipelines.shard_clips import SHARD_COLUMNS, decode_shard_batch, shard_rows_batch
     from pipelines.video import decode_clip, probe
 
     base_rss = _peak_rss_mib()
@@ -221,11 +221,8 @@ def worker(job: dict) -> dict:
         result = _timed_loop(make_clip, job["cpu_seconds"])
     elif kind == "shards-stream":  # the whole shard file, streamed a row group at a time
         cpu0, n = _usage(), 0
-        for batch in shards.iter_shard_batches(job["shard"], columns=["uri", "segment", "mp4"], batch_rows=8):
-            cols = batch.to_pydict()
-            out = decode_shard_batch({"uri": np.array(cols["uri"]), "segment": np.array(cols["segment"]),
-                                      "mp4": np.array(cols["mp4"], dtype=object)},
-                                     num_frames=CLIP_FRAMES, size=CLIP_SIZE, seed=0)
+        for rows in shards.iter_shard_batches(job["shard"], columns=SHARD_COLUMNS, batch_rows=8):
+            out = decode_shard_batch(shard_rows_batch(rows), num_frames=CLIP_FRAMES, size=CLIP_SIZE, seed=0)
             n += len(out["clip"])
         result = {"clips": n, "cpu_s": _usage() - cpu0, "clips_per_core_s": n / (_usage() - cpu0)}
     elif kind == "ingest":

@@ -222,19 +222,14 @@ def _await_cpus(address: str, cpus: int, timeout_s: float = 90.0) -> None:
 
 def function_worker(job: dict) -> dict:
     """``decode_shard_batch`` over every shard row, pinned to one core (as bench_data measures it)."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
     from pipelines import shards
-    from pipelines.shard_clips import decode_shard_batch
+    from pipelines.shard_clips import SHARD_COLUMNS, decode_shard_batch, shard_rows_batch
 
-    batches = []
-    for uri in job["shards"]:
-        for batch in shards.iter_shard_batches(uri, columns=["uri", "segment", "mp4"], batch_rows=4):
-            cols = batch.to_pydict()
-            batches.append({"uri": np.array(cols["uri"]), "segment": np.array(cols["segment"]),
-                            "mp4": np.array(cols["mp4"], dtype=object)})
+    batches = [shard_rows_batch(rows) for uri in job["shards"]
+               for rows in shards.iter_shard_batches(uri, columns=SHARD_COLUMNS, batch_rows=4)]
     kwargs = {"num_frames": CLIP_FRAMES, "size": CLIP_SIZE, "seed": 0}
     decode_shard_batch(batches[0], **kwargs)  # warm-up, untimed
     t0 = os.times()

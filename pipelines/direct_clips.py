@@ -87,7 +87,7 @@ def clip_dataset(
     Row order is shuffled per epoch here (cheap, deterministic) instead of ``random_shuffle``.
     ``decode_cpus`` is explicit and small so decode tasks leave room for Ray Train workers;
     ``decode_tasks`` caps how many run at once (each is a worker process importing PyAV, boto3).
-    With ``mask_grid`` and ``mask_cfgs``, masks are added as in shard mode (``with_masks``).
+    With ``mask_grid`` and ``mask_cfgs``, a mask stage follows the decode (``with_masks``).
     ``start`` drops that many leading (uri, epoch) rows before anything is downloaded
     (``epoch_items``).
     """

@@ -66,14 +66,24 @@ def add_image_masks_batch(
     return {**batch, "target_masks": target, "context_masks": context}
 
 
+def mask_stage_kwargs(grid: tuple[int, int, int] | None, mask_cfgs: list[MaskConfig | dict] | None,
+                      seed: int) -> dict | None:
+    """``add_masks_batch``'s keyword arguments (configs as plain dicts, for a Ray task to carry),
+    or None when neither a token grid nor mask configs are given."""
+    if (grid is None) != (mask_cfgs is None):
+        raise ValueError("give both mask_grid and mask_cfgs, or neither")
+    if grid is None:
+        return None
+    cfgs = [dataclasses.asdict(c) if isinstance(c, MaskConfig) else dict(c) for c in mask_cfgs]
+    return {"grid": tuple(grid), "mask_cfgs": cfgs, "seed": seed}
+
+
 def with_masks(ds: ray.data.Dataset, grid: tuple[int, int, int] | None, mask_cfgs: list[MaskConfig] | None,
                seed: int, batch_size: int, num_cpus: float, compute) -> ray.data.Dataset:
     """``ds`` with the video mask stage (``add_masks_batch``) appended when a token grid and mask
     configs are given; ``ds`` itself when neither is."""
-    if (grid is None) != (mask_cfgs is None):
-        raise ValueError("give both mask_grid and mask_cfgs, or neither")
-    if grid is None:
+    masks = mask_stage_kwargs(grid, mask_cfgs, seed)
+    if masks is None:
         return ds
-    cfgs = [dataclasses.asdict(c) if isinstance(c, MaskConfig) else dict(c) for c in mask_cfgs]
-    return ds.map_batches(add_masks_batch, fn_kwargs={"grid": tuple(grid), "mask_cfgs": cfgs, "seed": seed},
-                          batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, compute=compute)
+    return ds.map_batches(add_masks_batch, fn_kwargs=masks, batch_size=batch_size, batch_format="numpy",
+                          num_cpus=num_cpus, compute=compute)

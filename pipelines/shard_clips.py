@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from jepa.config import DataConfig, MaskConfig
 from pipelines import shards, storage
 from pipelines.augment import augment_clip
 from pipelines.keys import is_held_out, row_key
-from pipelines.masking import add_masks_batch
+from pipelines.masking import add_masks_batch, mask_stage_kwargs
 from pipelines.resume import clips_batch, plan_row_ranges
 from pipelines.video import VideoDecodeError
 
@@ -75,30 +76,31 @@ def decode_shard_batch(
     return clips_batch(clips, keys, kept, len(batch["uri"]), num_frames=num_frames, size=size)
 
 
+def shard_rows_batch(rows: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
+    """Arrow shard rows -> the {"uri", "segment", "mp4"} numpy batch ``decode_shard_batch`` takes."""
+    cols = rows.select(SHARD_COLUMNS).to_pydict()
+    return {"uri": np.asarray(cols["uri"]), "segment": np.asarray(cols["segment"]),
+            "mp4": np.asarray(cols["mp4"], dtype=object)}
+
+
 def decode_ranges_batch(
     batch: dict[str, np.ndarray],
     *,
     filesystem: pafs.FileSystem,
     batch_size: int,
-    mask_grid: tuple[int, int, int] | None = None,
-    mask_cfgs: list[dict] | None = None,
+    masks: dict | None = None,
     **decode_kwargs,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read tasks' stage: {"path", "lo", "hi", "epoch"} row ranges (``plan_row_ranges``) -> their
     clips, ``batch_size`` rows at a time (each a block of its own: ``decode_shard_batch``'s output,
-    plus "target_masks" when ``mask_grid`` and ``mask_cfgs`` are given). The range is read here, in
-    the decode task, so its MP4 bytes never pass through the object store."""
+    plus "target_masks" when ``masks`` holds ``add_masks_batch``'s arguments). The range is read
+    here, in the decode task, so its MP4 bytes never pass through the object store."""
     for path, lo, hi, epoch in zip(batch["path"], batch["lo"], batch["hi"], batch["epoch"]):
         table = shards.read_shard_rows(str(path), int(lo), int(hi), filesystem, columns=SHARD_COLUMNS)
         for offset in range(0, table.num_rows, batch_size):
-            part = table.slice(offset, batch_size)
-            out = decode_shard_batch({"uri": np.asarray(part["uri"].to_pylist()),
-                                      "segment": np.asarray(part["segment"].to_pylist()),
-                                      "mp4": np.asarray(part["mp4"].to_pylist(), dtype=object)},
-                                     epoch=int(epoch), **decode_kwargs)
-            if mask_grid is not None:
-                out = add_masks_batch(out, grid=mask_grid, mask_cfgs=mask_cfgs, seed=decode_kwargs["seed"])
-            yield out
+            out = decode_shard_batch(shard_rows_batch(table.slice(offset, batch_size)), epoch=int(epoch),
+                                     **decode_kwargs)
+            yield out if masks is None else add_masks_batch(out, **masks)
 
 
 def shard_clip_dataset(
@@ -143,8 +145,7 @@ def shard_clip_dataset(
     """
     import ray.data  # here, so the transforms above import without Ray
 
-    if (mask_grid is None) != (mask_cfgs is None):
-        raise ValueError("give both mask_grid and mask_cfgs, or neither")
+    masks = mask_stage_kwargs(mask_grid, mask_cfgs, seed)
     info = shards.load_dataset_info(dataset_uri)
     uris = shards.shard_uris(dataset_uri, info)
     if not uris:
@@ -161,12 +162,9 @@ def shard_clip_dataset(
     plan = plan_row_ranges(paths, counts, rows_per_range=rows_per_range, seed=seed, epochs=epochs, start=start)
     if not plan:
         raise ValueError(f"the shards of {dataset_uri} hold no rows")
-    kwargs = {"filesystem": filesystem, "batch_size": batch_size, "num_frames": num_frames, "size": size,
-              "seed": seed, "crop_scale": tuple(crop_scale), "crop_aspect": tuple(crop_aspect), "flip": flip,
-              "held_out_fraction": held_out_fraction}
-    if mask_grid is not None:
-        kwargs.update(mask_grid=tuple(mask_grid),
-                      mask_cfgs=[dataclasses.asdict(c) if isinstance(c, MaskConfig) else dict(c) for c in mask_cfgs])
+    kwargs = {"filesystem": filesystem, "batch_size": batch_size, "masks": masks, "num_frames": num_frames,
+              "size": size, "seed": seed, "crop_scale": tuple(crop_scale), "crop_aspect": tuple(crop_aspect),
+              "flip": flip, "held_out_fraction": held_out_fraction}
     # A Ray block per range costs about 1.5 ms of driver time to create; past MAX_PLAN_BLOCKS,
     # a block holds several consecutive ranges and its task streams them one after the other.
     items = [dataclasses.asdict(r) for r in plan]
