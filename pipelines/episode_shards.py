@@ -14,7 +14,7 @@ column          arrow type             meaning
 ==============  =====================  ===================================================
 episode_index   int32                  the episode the window comes from
 start           int32                  first agent step of the window
-frames          binary                 H.264 MP4 of the ``frames`` kept frames
+frames          binary                 lossless RGB H.264 MP4 of the ``frames`` kept frames
 actions         list<float32>          (frames, frameskip, action_dim), flattened
 states          list<float32>          (frames, state_dim), flattened
 ==============  =====================  ===================================================
@@ -107,7 +107,7 @@ def window_row(episode_index: int, window: Window, fps: float) -> dict:
     return {
         "episode_index": episode_index,
         "start": window.start,
-        "frames": encode_segment(window.frames, ClipSpec(fps=fps)),
+        "frames": encode_segment(window.frames, ClipSpec(fps=fps), lossless=True),
         "actions": window.actions.reshape(-1).tolist(),
         "states": window.states.reshape(-1).tolist(),
     }

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from pipelines import storage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: lossless RGB videos (1 had yuv420p H.264, too lossy for a 64 px arm; see docs/episodes.md)."""
 INFO = "meta/info.json"
 EPISODES = "meta/episodes.parquet"
 

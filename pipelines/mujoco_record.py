@@ -105,7 +105,7 @@ def record_episode(cfg: RecordConfig, index: int, root: str, settings) -> dict:
     actions = random_actions(spec, cfg.steps, np.random.default_rng(seed))
     frames, states, rewards = rollout(env, spec, actions)
     video, data = video_uri(root, index), data_uri(root, index)
-    storage.put_bytes(video, encode_mp4(frames, spec.fps), settings)
+    storage.put_bytes(video, encode_mp4(frames, spec.fps, lossless=True), settings)
     storage.put_table(data, frames_table(actions, states, rewards, spec.control_timestep), settings)
     return {"episode_index": index, "seed": seed, "n_frames": len(frames), "video": video, "data": data}
 

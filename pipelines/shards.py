@@ -280,10 +280,11 @@ def _new_window(frames: int, size: tuple[int, int], turns: int) -> np.ndarray:
 # Segment <-> MP4 bytes
 
 
-def encode_segment(frames: np.ndarray, spec: ClipSpec = ClipSpec()) -> bytes:
-    """uint8 (T, H, W, 3) -> H.264 MP4 bytes at ``spec.fps``: one keyframe, no B-frames, fastdecode."""
+def encode_segment(frames: np.ndarray, spec: ClipSpec = ClipSpec(), lossless: bool = False) -> bytes:
+    """uint8 (T, H, W, 3) -> H.264 MP4 bytes at ``spec.fps``: one keyframe, no B-frames, fastdecode
+    (``lossless``: see ``encode_mp4``)."""
     return encode_mp4(frames, spec.fps, crf=SEGMENT_CRF, gop=len(frames), preset=SEGMENT_PRESET,
-                      tune=SEGMENT_TUNE, x264_params=SEGMENT_X264_PARAMS)
+                      tune=SEGMENT_TUNE, x264_params=SEGMENT_X264_PARAMS, lossless=lossless)
 
 
 def decode_segment(mp4: bytes) -> np.ndarray:

@@ -29,8 +29,14 @@ def encode_mp4(
     threads: int = 1,
     tune: str | None = None,
     x264_params: str = "mbtree=0",
+    lossless: bool = False,
 ) -> bytes:
     """H.264 (yuv420p) MP4 bytes; odd sizes are edge-padded to even (yuv420p needs even sizes).
+
+    ``lossless``: RGB H.264 at quantiser 0 (libx264rgb), bit-exact frames at ~4x the bytes. For
+    simulator renders: yuv420p halves the colour resolution, which moves a 64 px reacher arm's
+    pixels by more (2.4 per pixel even at crf 0) than one agent step of motion does (1.7);
+    bench/bench_episode_codec.py.
 
     ``gop`` defaults to one keyframe per second so random clip access seeks cheaply.
     ``threads=1`` because callers parallelise across videos, not within one tiny video.
@@ -39,19 +45,19 @@ def encode_mp4(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"expected uint8 frames (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    pad_h, pad_w = (0, 0) if lossless else (frames.shape[1] % 2, frames.shape[2] % 2)
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     rate = Fraction(fps).limit_denominator(1001)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=rate)
+        stream = out.add_stream("libx264rgb" if lossless else "libx264", rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
         stream.codec_context.thread_count = threads
         gop = gop or max(1, round(float(rate)))
         # mbtree=0: with it, x264 gave different bytes for identical input now and then (seen at 64 px).
-        options = {"crf": str(crf), "preset": preset, "g": str(gop), "x264-params": x264_params}
+        options = {"crf": "0" if lossless else str(crf), "preset": preset, "g": str(gop), "x264-params": x264_params}
         stream.options = options | ({"tune": tune} if tune else {})
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")

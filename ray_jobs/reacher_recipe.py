@@ -45,8 +45,14 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     local_stack()
 
     stage(f"record {sizes.episodes} reacher episodes of {sizes.steps} control steps to {episodes}")
-    have = read_info(episodes)["total_episodes"] if is_episode_dataset(episodes) else 0
-    if have >= sizes.episodes:
+    have = 0
+    if is_episode_dataset(episodes):
+        try:
+            have = read_info(episodes)["total_episodes"]
+        except ValueError as e:  # an older format (lossy videos): record again
+            print(f"{e}; recording again")
+    recorded = have < sizes.episodes
+    if not recorded:
         print(f"{have} episodes already in {episodes}; reusing them")
     else:
         from ray_jobs.cluster import connect
@@ -63,6 +69,8 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     spec = WindowSpec(frames=ac.data.frames or WindowSpec.frames)
     stage(f"episodes -> windows of {spec.frames} agent steps in {windows}")
     try:
+        if recorded:  # windows of the episodes recorded before, if any, are stale
+            raise FileNotFoundError
         storage.get_bytes(storage.join_uri(windows, DATASET_JSON))
         print(f"windows already in {windows}; reusing them")
     except FileNotFoundError:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from decode_counter import CountingContainer
 
+from pipelines.shards import decode_segment
 from pipelines.video import VideoDecodeError, decode_clip, encode_mp4, probe
 
 STEP = 10  # brightness step per frame: survives H.264 + YUV round trips with margin
@@ -140,3 +141,12 @@ def test_decode_clip_decodes_only_from_the_keyframe_before_to_the_clip_end(monke
     data = encode_mp4(np.zeros((120, 16, 16, 3), dtype=np.uint8), fps=12)  # keyframe every 12 frames
     decode_clip(data, num_frames=4, fps=4, size=16, start_s=5.5)  # frames 66, 69, 72, 75
     assert decoded == list(range(60, 76))  # nothing before the keyframe, nothing after the last frame
+
+
+def test_lossless_mp4_gives_back_every_pixel():
+    """Thin, saturated details (a rendered arm) survive exactly; yuv420p at crf 0 does not keep them."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)  # odd sizes, no padding needed
+    np.testing.assert_array_equal(decode_segment(encode_mp4(frames, fps=5, lossless=True)), frames)
+    lossy = decode_segment(encode_mp4(frames[:, :16, :22], fps=5, crf=0)).astype(int)
+    assert np.abs(lossy - frames[:, :16, :22]).mean() > 10
