@@ -14,7 +14,8 @@ shards in the bucket, with the clip spec and masks of ``configs/vitl16.yaml`` (1
   clips per CPU-second, clips per wall-second after the first batch, and the time to the first
   batch after the dataset is built; with 1 and with 2 CPUs for decode.
 - **scale-out**: the same stream with its 2 decode CPUs on one node against 2 nodes of 1 CPU each
-  (a second ``ray start --address``), alternated, as the two-node test builds its cluster. Both
+  (a second ``ray start --address``), alternated, as the two-node test builds its cluster, read by
+  2 ranks as Ray Train feeds its workers (``streaming_split`` with locality hints). Both
   share this machine's cores, so the comparison is at equal total CPUs: what remains is the cost of
   spreading (more processes, blocks crossing between the nodes' object stores).
 
@@ -240,9 +241,11 @@ def function_worker(job: dict) -> dict:
 
 
 def stream_worker(job: dict) -> dict:
-    """Build the dataset on the bench's cluster and consume ``clips`` clips as a trainer does."""
+    """Build the dataset on the bench's cluster and consume ``clips`` clips as a trainer does: in
+    this driver, or (``ranks``) split over that many consumers, dealt round robin over the nodes,
+    as Ray Train feeds its workers (``streaming_split(equal=True)`` with each rank's node as its
+    locality hint, so blocks are handed to a consumer on the node that made them where possible)."""
     import ray
-    import torch
 
     from jepa.config import load_config
     from jepa.model import token_grid
@@ -251,33 +254,59 @@ def stream_worker(job: dict) -> dict:
     cfg = load_config(job["config"])
     ray.init(address=job["address"], logging_level="ERROR", log_to_driver=False)
     cpu = TreeCPU(job["roots"] + [os.getpid()])
-    t0 = time.perf_counter()
+    t0 = time.time()
     ds = shard_clip_dataset(job["dataset"], num_frames=cfg.model.num_frames, size=cfg.model.img_size, fps=cfg.data.fps,
                             seed=0, epochs=job["epochs"], crop_scale=cfg.data.crop_scale,
                             crop_aspect=cfg.data.crop_aspect, flip=cfg.data.flip, mask_grid=token_grid(cfg.model),
                             mask_cfgs=cfg.masks, decode_cpus=1, decode_tasks=job["decode_tasks"],
                             batch_size=job["batch_size"], rows_per_range=job["rows_per_range"])
     ds.context.enable_progress_bars = False
-    built = time.perf_counter()
-    n, first, cpu_first = 0, None, {}
-    for batch in ds.iter_torch_batches(batch_size=job["batch_size"], drop_last=True):
-        assert batch["clip"].shape[1:] == (cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, 3)
-        assert batch["clip"].dtype == torch.uint8
-        n += len(batch["clip"])
-        if first is None:
-            first, cpu_first = time.perf_counter(), cpu.read()
-        if n >= job["clips"]:
-            break
-    end = time.perf_counter()
+    built = time.time()
+    shape = (cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, 3)
+    ranks = job.get("ranks", 0)
+    if not ranks:
+        consumer = consume(ds, job["clips"], job["batch_size"], shape)
+        first = next(consumer)
+        cpu_first = cpu.read()
+        n, end = next(consumer)
+    else:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        hints = [nodes[i % len(nodes)] for i in range(ranks)]
+        remote = ray.remote(num_cpus=0)(consume)
+        consumers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                         split, job["clips"] // ranks, job["batch_size"], shape)
+                     for split, node in zip(ds.streaming_split(ranks, equal=True, locality_hints=hints), hints)]
+        first = max(ray.get([next(c) for c in consumers]))  # a training step needs every rank's batch
+        cpu_first = cpu.read()
+        done = ray.get([next(c) for c in consumers])
+        n, end = sum(d[0] for d in done), max(d[1] for d in done)
     cpu_end = cpu.stop()
     ray.shutdown()
-    steady = n - job["batch_size"]  # clips after the first batch: the rates leave start-up out
+    steady = n - job["batch_size"] * max(ranks, 1)  # clips after the first batch: the rates leave start-up out
     by_name = cpu.by_name(cpu_end, cpu_first)
     cpu_s = sum(by_name.values())
     by_name = {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]) if v >= 0.05}
     return {"clips": n, "build_s": built - t0, "first_batch_s": first - built, "cpu_s": cpu_s,
             "clips_per_cpu_s": steady / cpu_s, "clips_per_s": steady / (end - first),
             "cpu_by_process": by_name}
+
+
+def consume(data, clips: int, batch_size: int, shape: tuple[int, ...]):
+    """Iterate ``data`` (a dataset or a split of one) as a trainer does; yields the time of the first
+    batch, then (clips consumed, time of the last)."""
+    import torch
+
+    n = 0
+    for batch in data.iter_torch_batches(batch_size=batch_size, drop_last=True):
+        assert batch["clip"].shape[1:] == shape and batch["clip"].dtype == torch.uint8
+        n += len(batch["clip"])
+        if n == batch_size:
+            yield time.time()
+        if n >= clips:
+            break
+    yield n, time.time()
 
 
 def run_json(flag: str, job: dict, pin: bool = False) -> dict:
@@ -305,6 +334,10 @@ def measure_stream(job: dict, layout: list[int]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _consumers(ranks: int) -> str:
+    return f"{ranks} ranks" if ranks else "driver"
+
+
 def main() -> None:
     args = parse_args()
     if args.function or args.stream:
@@ -323,9 +356,11 @@ def main() -> None:
             "rows_per_range": args.rows_per_range}
 
     results: dict[tuple, list[dict]] = {}
-    settings = [(epochs, cpus, (cpus,)) for epochs in map(int, args.epochs.split(",")) for cpus in map(int, args.decode_cpus.split(","))]
+    # (epochs, decode CPUs, CPUs per node, consumers: 0 = the driver, else ranks over the nodes)
+    settings = [(epochs, cpus, (cpus,), 0) for epochs in map(int, args.epochs.split(",")) for cpus in map(int, args.decode_cpus.split(","))]
     if not args.no_scale_out:
-        settings += [(int(args.epochs.split(",")[0]), 2, (1, 1))]
+        spread_epochs = int(args.epochs.split(",")[0])
+        settings += [(spread_epochs, 2, (2,), 2), (spread_epochs, 2, (1, 1), 2)]
     def function_run() -> float:
         print("[bench-stream] function: decode_shard_batch, one pinned core", flush=True)
         return run_json("--function", {"shards": shard_uris}, pin=True)["clips_per_cpu_s"]
@@ -334,12 +369,14 @@ def main() -> None:
     # function runs just before and after it: this machine's speed drifts by 30% over minutes.
     functions = [function_run()]
     for rep in range(args.repeats):
-        for epochs, cpus, layout in settings:
-            print(f"[bench-stream] stream: epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)} (run {rep + 1})", flush=True)
-            r = measure_stream({**base, "epochs": epochs, "decode_tasks": cpus}, list(layout))
+        for setting in settings:
+            epochs, cpus, layout, ranks = setting
+            print(f"[bench-stream] stream: epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}, "
+                  f"{_consumers(ranks)} (run {rep + 1})", flush=True)
+            r = measure_stream({**base, "epochs": epochs, "decode_tasks": cpus, "ranks": ranks}, list(layout))
             functions.append(function_run())
             r["vs_function"] = r["clips_per_cpu_s"] / statistics.mean(functions[-2:])
-            results.setdefault((epochs, cpus, layout), []).append(r)
+            results.setdefault(setting, []).append(r)
 
     med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0] if m != "cpu_by_process"}
            for k, runs in results.items()}
@@ -348,25 +385,24 @@ def main() -> None:
           f"median of {args.repeats} runs\n")
     print(f"function (`decode_shard_batch`, 1 pinned core): {statistics.median(functions):.1f} clips per CPU-second "
           f"(runs: {[round(f, 1) for f in functions]})\n")
-    print("| epochs | decode CPUs | nodes | stream clips per CPU-s | vs function (runs) | clips per wall-s | first batch s (max) | build s |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|")
-    for (epochs, cpus, layout), m in med.items():
-        runs = results[(epochs, cpus, layout)]
-        print(f"| {epochs} | {cpus} | {' + '.join(map(str, layout))} | {m['clips_per_cpu_s']:.1f} | "
+    print("| epochs | decode CPUs | nodes | consumers | stream clips per CPU-s | vs function (runs) | clips per wall-s | first batch s (max) | build s |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    for (epochs, cpus, layout, ranks), m in med.items():
+        runs = results[(epochs, cpus, layout, ranks)]
+        print(f"| {epochs} | {cpus} | {' + '.join(map(str, layout))} | {_consumers(ranks)} | {m['clips_per_cpu_s']:.1f} | "
               f"{m['vs_function']:.2f}x ({', '.join(format(r['vs_function'], '.2f') for r in runs)}) | "
               f"{m['clips_per_s']:.1f} | {m['first_batch_s']:.1f} ({max(r['first_batch_s'] for r in runs):.1f}) | "
               f"{m['build_s']:.1f} |")
     print("\nCPU seconds by process after the first batch (the last run of each setting; ray:: are Ray workers):")
-    for (epochs, cpus, layout), runs in results.items():
-        print(f"- epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}: {runs[-1]['cpu_by_process']}")
+    for (epochs, cpus, layout, ranks), runs in results.items():
+        print(f"- epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}, {_consumers(ranks)}: {runs[-1]['cpu_by_process']}")
     summary = {"function_clips_per_cpu_s": functions,
-               "stream": [{"epochs": e, "decode_cpus": c, "nodes": list(l), **m} for (e, c, l), m in med.items()]}
+               "stream": [{"epochs": e, "decode_cpus": c, "nodes": list(l), "ranks": r, **m} for (e, c, l, r), m in med.items()]}
     if not args.no_scale_out:
-        epochs = int(args.epochs.split(",")[0])
-        one, two = results[(epochs, 2, (2,))], results[(epochs, 2, (1, 1))]
+        one, two = results[(spread_epochs, 2, (2,), 2)], results[(spread_epochs, 2, (1, 1), 2)]
         ratios = [b["clips_per_s"] / a["clips_per_s"] for a, b in zip(one, two)]  # runs next to each other
         summary["spread_ratio"] = statistics.median(ratios)
-        print(f"\nscale-out at 2 decode CPUs, clips per wall-s of 2 nodes x 1 CPU / 1 node x 2 CPUs: "
+        print(f"\nscale-out at 2 decode CPUs and 2 ranks, clips per wall-s of 2 nodes x 1 CPU / 1 node x 2 CPUs: "
               f"{summary['spread_ratio']:.2f}x (runs: {', '.join(f'{x:.2f}' for x in ratios)}; "
               f"{[round(r['clips_per_s'], 1) for r in two]} vs {[round(r['clips_per_s'], 1) for r in one]} clips/s)")
     print(json.dumps(summary))
