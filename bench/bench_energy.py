@@ -64,23 +64,20 @@ def encoders(model_uri: str | None, pools: list[int]):
     out = {"pixels": lambda f: torch.as_tensor(f).float().flatten(1) / 255}
     if model_uri is None:
         return out
+    from dataclasses import replace
+
     from jepa.model import build_jepa
-    from jepa.world_model import pool_tokens
+    from jepa.world_model import WorldModel
     from ray_jobs.eval_plan import load_world
 
     world = load_world(model_uri)[0]
     torch.manual_seed(0)
-    random_jepa = build_jepa(world.encoder_cfg.model, world.encoder_cfg.num_mask_configs).eval()
-    grid = world.token_grid
+    random_jepa = build_jepa(world.encoder_cfg.model, world.encoder_cfg.num_mask_configs)
     for name, jepa in (("encoder", world.jepa), ("random-init", random_jepa)):
         for pool in pools:
-            def features(f, jepa=jepa, pool=pool):
-                from jepa.transforms import clips_to_tensor
-
-                x = clips_to_tensor(torch.as_tensor(f)[:, None], "cpu")
-                with torch.no_grad():
-                    return pool_tokens(jepa.embed(x), grid, pool).flatten(1)
-            out[f"{name} pool {pool}"] = features
+            model = WorldModel(jepa, world.encoder_cfg, world.predictor, replace(world.cfg, pool=pool), world.env,
+                               world.planner)
+            out[f"{name} pool {pool}"] = lambda f, model=model: model.encode(f).flatten(1)
     return out
 
 

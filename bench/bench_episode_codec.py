@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.mujoco_record import RecordConfig, env_spec, episode_seed, load_env, random_actions, rollout  # noqa: E402
+from pipelines.mujoco_record import RecordConfig, render_episode  # noqa: E402
 from pipelines.shards import decode_segment  # noqa: E402
 from pipelines.video import encode_mp4  # noqa: E402
 
@@ -31,11 +31,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=64)
     args = ap.parse_args()
     cfg = RecordConfig(env=args.env, episodes=1, img_size=args.img_size)
-    seed = episode_seed(cfg.seed, 0)
-    env = load_env(cfg.env, seed)
-    env.reset()
-    spec = env_spec(cfg.env, env, cfg.img_size, cfg.frameskip)
-    frames = rollout(env, spec, random_actions(spec, cfg.steps, np.random.default_rng(seed)))[0]
+    spec, _, frames, _, _ = render_episode(cfg, 0)
     f = frames.astype(np.int16)
     print(f"{args.env} at {args.img_size} px, {len(frames)} frames; mean pixel change over one control step "
           f"{np.abs(np.diff(f, axis=0)).mean():.2f}, over one agent step ({cfg.frameskip} control steps) "

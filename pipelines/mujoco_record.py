@@ -97,13 +97,19 @@ def rollout(env, spec: EnvSpec, actions: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.stack(frames), np.stack(states), np.asarray(rewards, np.float32)
 
 
-def record_episode(cfg: RecordConfig, index: int, root: str, settings) -> dict:
+def render_episode(cfg: RecordConfig, index: int) -> tuple[EnvSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Episode ``index`` of a recording: (spec, actions, frames, states, rewards)."""
     seed = episode_seed(cfg.seed, index)
     env = load_env(cfg.env, seed)
     env.reset()
     spec = env_spec(cfg.env, env, cfg.img_size, cfg.frameskip)
     actions = random_actions(spec, cfg.steps, np.random.default_rng(seed))
-    frames, states, rewards = rollout(env, spec, actions)
+    return spec, actions, *rollout(env, spec, actions)
+
+
+def record_episode(cfg: RecordConfig, index: int, root: str, settings) -> dict:
+    spec, actions, frames, states, rewards = render_episode(cfg, index)
+    seed = episode_seed(cfg.seed, index)
     video, data = video_uri(root, index), data_uri(root, index)
     storage.put_bytes(video, encode_mp4(frames, spec.fps, lossless=True), settings)
     storage.put_table(data, frames_table(actions, states, rewards, spec.control_timestep), settings)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jepa.config import load_ac_config, load_config
-from pipelines import storage
+from pipelines import manifest, storage
 from ray_jobs.stages import Stages, local_stack
 
 
@@ -68,12 +68,11 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     windows = ac.data.dataset
     spec = WindowSpec(frames=ac.data.frames or WindowSpec.frames)
     stage(f"episodes -> windows of {spec.frames} agent steps in {windows}")
-    try:
-        if recorded:  # windows of the episodes recorded before, if any, are stale
-            raise FileNotFoundError
-        storage.get_bytes(storage.join_uri(windows, DATASET_JSON))
+    if recorded:  # windows cut from the episodes recorded before, if any, are stale
+        manifest.delete(windows)
+    if manifest.exists(storage.join_uri(windows, DATASET_JSON)):
         print(f"windows already in {windows}; reusing them")
-    except FileNotFoundError:
+    else:
         ingest_episodes(episodes, windows, spec)
 
     stage(f"train the action-conditioned predictor ({ac_config}, {ac.train.steps} steps)")
