@@ -1,0 +1,162 @@
+"""Does a physics recipe's predictor learn the world's motion? A fast check, in one process.
+
+`make physics` needs ~1 h per try; this trains the same model (configs/physics.yaml, or
+overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and, every
+``--eval-every`` steps, prints two measures:
+
+- **pred/copy**: on held-out clips, the predictor's L1 to the future target features, divided by
+  that of "nothing moves" (the last context step's target features copied forward); below 1 means
+  it predicts motion. Also for the first predicted step alone, where motion is easiest to predict.
+- **pair accuracy** (max and mean surprise) on a few violation pairs per type, scored exactly as
+  `jepa eval surprise` scores them.
+
+    python bench/bench_physics_learning.py --steps 600 --eval-every 200
+    python bench/bench_physics_learning.py --context-steps 7 --freeze-encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jepa.config import MaskConfig, load_config  # noqa: E402
+from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
+from jepa.model import JEPA, build_jepa  # noqa: E402
+from jepa.objective import normalize_targets  # noqa: E402
+from jepa.optim import build_optimizer, lr_at  # noqa: E402
+from jepa.surprise import future_mask_index, pair_correct, surprise_curve  # noqa: E402
+from jepa.train_step import train_step  # noqa: E402
+from jepa.transforms import clips_to_tensor  # noqa: E402
+from jepa.vit import gather_tokens  # noqa: E402
+from pipelines.physics_pairs import make_pair, pair_seed  # noqa: E402
+from pipelines.synth_physics import render, sample_scene, simulate, video_seed  # noqa: E402
+from ray_jobs.physics_recipe import WORLD  # noqa: E402
+
+PAIR_TYPES = ("continuity", "permanence", "inertia", "control")
+
+
+def _video(args: tuple[int, int]) -> np.ndarray:
+    seed, index = args
+    scene = sample_scene(WORLD, np.random.default_rng(video_seed(seed, index)))
+    return render(WORLD, scene, simulate(WORLD, scene))
+
+
+def _pair(args: tuple[str, int]) -> tuple[str, np.ndarray, np.ndarray]:
+    kind, index = args
+    p = make_pair(WORLD, kind, pair_seed(1, kind, index), appear=kind == "permanence" and index % 2 == 1)
+    return kind, p.possible, p.impossible
+
+
+def render_all(n_videos: int, n_pairs: int, step: int) -> tuple[torch.Tensor, list]:
+    """uint8 training videos (N, T, H, W, 3) and (type, possible, impossible) pairs, every
+    ``step``-th frame (the recipe's fps)."""
+    with ProcessPoolExecutor(2) as pool:
+        videos = list(pool.map(_video, [(0, i) for i in range(n_videos)], chunksize=20))
+        pairs = list(pool.map(_pair, [(k, i) for k in PAIR_TYPES for i in range(n_pairs)]))
+    return (torch.from_numpy(np.stack(videos)[:, ::step].copy()),
+            [(k, a[::step].copy(), b[::step].copy()) for k, a, b in pairs])
+
+
+def random_clips(videos: torch.Tensor, n: int, frames: int, g: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(len(videos), (n,), generator=g).tolist()
+    start = torch.randint(videos.shape[1] - frames + 1, (n,), generator=g).tolist()
+    return clips_to_tensor(torch.stack([videos[i, s : s + frames] for i, s in zip(idx, start)]))
+
+
+@torch.no_grad()
+def pred_vs_copy(model: JEPA, clips: torch.Tensor, context_steps: int, mask_index: int) -> tuple[float, float]:
+    """(all predicted steps, first predicted step): predictor L1 / copy-forward L1."""
+    grid = model.token_grid
+    m = FutureMaskGenerator(grid, MaskConfig(kind="future", context_steps=context_steps))(len(clips))
+    pred = model.predictor(model.encoder(clips, keep=m.context), m.context, m.target, grid, mask_index=mask_index)
+    full = normalize_targets(model.target_encoder(clips))
+    target = gather_tokens(full, m.target)
+    per_step = grid[1] * grid[2]
+    copy = full[:, (context_steps - 1) * per_step : context_steps * per_step].repeat(1, grid[0] - context_steps, 1)
+    ratio = lambda sl: float((pred[:, sl] - target[:, sl]).abs().mean() / (copy[:, sl] - target[:, sl]).abs().mean())
+    return ratio(slice(None)), ratio(slice(0, per_step))
+
+
+@torch.no_grad()
+def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int) -> dict[str, tuple[float, float]]:
+    """Per type: % of pairs where the impossible video's (max, mean) surprise is higher."""
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for kind, possible, impossible in pairs:
+        curves = [surprise_curve(model, clips_to_tensor(torch.from_numpy(v)[None])[0],
+                                 context_steps=context_steps, mask_index=mask_index) for v in (possible, impossible)]
+        scores.setdefault(kind, []).append((float(pair_correct(curves[0].max, curves[1].max)),
+                                            float(pair_correct(curves[0].mean, curves[1].mean))))
+    return {k: tuple(round(100 * float(x), 1) for x in np.mean(v, axis=0)) for k, v in scores.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/physics.yaml")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--videos", type=int, default=1500, help="rendered training videos (100 more are held out)")
+    ap.add_argument("--pairs", type=int, default=24, help="pairs per type for the accuracy")
+    ap.add_argument("--context-steps", type=int, help="override the future mask's context steps")
+    ap.add_argument("--future-only", action="store_true", help="train with the future mask alone")
+    ap.add_argument("--freeze-encoder", action="store_true",
+                    help="keep the encoder at its random init (targets fixed): does the predictor alone learn?")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=5e-4")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    cfg = load_config(args.config, args.overrides)
+    masks = [m for m in cfg.masks if m.kind == "future" or not args.future_only]
+    if args.context_steps:
+        masks = [dataclasses.replace(m, context_steps=args.context_steps) if m.kind == "future" else m for m in masks]
+    cfg = dataclasses.replace(cfg, masks=masks)
+    mask_index = future_mask_index(cfg.masks)
+    if mask_index is None:
+        raise SystemExit("the config has no future mask; surprise needs one")
+    context_steps = cfg.masks[mask_index].context_steps
+    print(f"masks {cfg.masks}; freeze_encoder={args.freeze_encoder}; torch threads {torch.get_num_threads()}", flush=True)
+
+    t0 = time.time()
+    videos, pairs = render_all(args.videos + 100, args.pairs, round(WORLD.fps / cfg.data.fps))
+    train, held = videos[:-100], videos[-100:]
+    print(f"rendered {len(videos)} videos {tuple(videos.shape[1:])} and {len(pairs)} pairs in {time.time() - t0:.0f} s", flush=True)
+
+    model = build_jepa(cfg.model, len(cfg.masks))
+    if args.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    optimizer = build_optimizer(model, cfg.optim)
+    momentum = 1.0 if args.freeze_encoder else cfg.optim.ema_momentum
+    g = torch.Generator().manual_seed(args.seed + 1)
+    held_clips = random_clips(held, 64, cfg.model.num_frames, torch.Generator().manual_seed(args.seed + 2))
+
+    def evaluate(step: int) -> None:
+        ratio, first = pred_vs_copy(model, held_clips, context_steps, mask_index)
+        acc = pair_accuracy(model, pairs, context_steps, mask_index)
+        cells = "  ".join(f"{k} {mx:.0f}/{mn:.0f}" for k, (mx, mn) in acc.items())
+        print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})  pairs max/mean %: {cells}", flush=True)
+
+    t0 = time.time()
+    evaluate(0)
+    for step in range(args.steps):
+        clips = random_clips(train, args.batch_size, cfg.model.num_frames, g)
+        out = train_step(model, [(clips, sample_masks(model.token_grid, cfg.masks, args.batch_size, g))], optimizer,
+                         lr_at(step, cfg.optim, args.steps), momentum, torch.device("cpu"))
+        if (step + 1) % 50 == 0:
+            print(f"step {step + 1:5d}  loss {out['loss']:.4f}  eff_rank {out['effective_rank']:.1f}  "
+                  f"{time.time() - t0:.0f} s", flush=True)
+        if (step + 1) % args.eval_every == 0:
+            evaluate(step + 1)
+
+
+if __name__ == "__main__":
+    main()
