@@ -37,8 +37,8 @@ from jepa.surprise import future_mask_index, pair_correct, surprise_curve  # noq
 from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
-from pipelines.physics_pairs import make_pair, pair_seed  # noqa: E402
-from pipelines.synth_physics import render, sample_scene, simulate, video_seed  # noqa: E402
+from pipelines.physics_pairs import indexed_pair  # noqa: E402
+from pipelines.synth_physics import render_video, video_seed  # noqa: E402
 from ray_jobs.physics_recipe import WORLD  # noqa: E402
 
 PAIR_TYPES = ("continuity", "permanence", "inertia", "control")
@@ -46,13 +46,12 @@ PAIR_TYPES = ("continuity", "permanence", "inertia", "control")
 
 def _video(args: tuple[int, int]) -> np.ndarray:
     seed, index = args
-    scene = sample_scene(WORLD, np.random.default_rng(video_seed(seed, index)))
-    return render(WORLD, scene, simulate(WORLD, scene))
+    return render_video(WORLD, video_seed(seed, index))[2]
 
 
 def _pair(args: tuple[str, int]) -> tuple[str, np.ndarray, np.ndarray]:
     kind, index = args
-    p = make_pair(WORLD, kind, pair_seed(1, kind, index), appear=kind == "permanence" and index % 2 == 1)
+    p = indexed_pair(WORLD, 1, kind, index)
     return kind, p.possible, p.impossible
 
 

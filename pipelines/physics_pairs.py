@@ -654,16 +654,26 @@ def _build_pair(
 # --- writing a set of pairs ------------------------------------------------------------------
 
 
+def indexed_pair(
+    cfg: PhysicsConfig, seed: int, pair_type: str, index: int,
+    onset_range_s: tuple[float, float] = DEFAULT_ONSET_RANGE_S,
+) -> Pair:  # fmt: skip
+    """Pair ``index`` of ``pair_type`` in a run of ``seed``, as ``synthesize_pairs`` makes it:
+    controls cycle through the violations' code paths and permanence pairs alternate *vanish*
+    (even index) and *appear* (odd) by index."""
+    control_path = VIOLATIONS[index % len(VIOLATIONS)] if pair_type == "control" else None
+    return make_pair(cfg, pair_type, pair_seed(seed, pair_type, index), control_path=control_path,
+                     onset_range_s=onset_range_s, pair_id=f"{pair_type}/{index:05d}",
+                     appear=pair_type == "permanence" and index % 2 == 1)  # fmt: skip
+
+
 def _write_pair(
     cfg: PhysicsConfig, out_uri: str, seed: int, pair_type: str, index: int,
     onset_range_s: tuple[float, float], settings,
 ) -> dict:  # fmt: skip
     """Make, encode and write one pair; returns its pairs.parquet row."""
+    pair = indexed_pair(cfg, seed, pair_type, index, onset_range_s)
     pair_id = f"{pair_type}/{index:05d}"
-    this_seed = pair_seed(seed, pair_type, index)
-    control_path = VIOLATIONS[index % len(VIOLATIONS)] if pair_type == "control" else None
-    pair = make_pair(cfg, pair_type, this_seed, control_path=control_path, onset_range_s=onset_range_s,
-                     pair_id=pair_id, appear=pair_type == "permanence" and index % 2 == 1)  # fmt: skip
     stem = storage.join_uri(out_uri, pair_type, f"pair_{index:05d}")
     uris = {}
     tables = (pair.possible_table, pair.impossible_table)
@@ -673,7 +683,7 @@ def _write_pair(
         storage.put_table(f"{stem}.{role}.state.parquet", table, settings)
     return {
         "pair_id": pair_id, "type": pair_type, "onset_frame": pair.onset_frame, "onset_s": pair.onset_s,
-        "possible_uri": uris["possible"], "impossible_uri": uris["impossible"], "seed": this_seed,
+        "possible_uri": uris["possible"], "impossible_uri": uris["impossible"], "seed": pair.seed,
         "first_diff_frame": pair.first_diff_frame, "ball": pair.ball, "description": pair.description,
     }  # fmt: skip
 

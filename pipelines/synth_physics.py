@@ -324,13 +324,17 @@ def state_table(cfg: PhysicsConfig, scene: Scene, states: States, seed: int | No
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def render_video(cfg: PhysicsConfig, seed: int) -> tuple[Scene, States, np.ndarray]:
+    """One video's scene, states and uint8 frames (T, size, size, 3); a pure function of (cfg, seed)."""
+    scene = sample_scene(cfg, np.random.default_rng(seed))
+    states = simulate(cfg, scene)
+    return scene, states, render(cfg, scene, states)
+
+
 def make_video(cfg: PhysicsConfig, seed: int) -> tuple[bytes, pa.Table]:
     """One video as MP4 bytes plus its ground-truth table; a pure function of (cfg, seed)."""
-    rng = np.random.default_rng(seed)
-    scene = sample_scene(cfg, rng)
-    states = simulate(cfg, scene)
-    mp4 = encode_mp4(render(cfg, scene, states), cfg.fps, crf=cfg.crf)
-    return mp4, state_table(cfg, scene, states, seed)
+    scene, states, frames = render_video(cfg, seed)
+    return encode_mp4(frames, cfg.fps, crf=cfg.crf), state_table(cfg, scene, states, seed)
 
 
 # --- writing a dataset ----------------------------------------------------------------------
