@@ -8,7 +8,8 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
   that of "nothing moves" (the last context step's target features copied forward); below 1 means
   it predicts motion. Also for the first predicted step alone, where motion is easiest to predict.
 - **pair accuracy** (max and mean surprise) on a few violation pairs per type, scored exactly as
-  `jepa eval surprise` scores them.
+  `jepa eval surprise` scores them; in brackets, the same with copy-forward as the predictor, in
+  the model's own target features (what those features let a "nothing moves" model tell apart).
 
     python bench/bench_physics_learning.py --steps 600 --eval-every 200
     python bench/bench_physics_learning.py --context-steps 7 --freeze-encoder
@@ -86,14 +87,31 @@ def pred_vs_copy(model: JEPA, clips: torch.Tensor, context_steps: int, mask_inde
 
 
 @torch.no_grad()
-def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int) -> dict[str, tuple[float, float]]:
-    """Per type: % of pairs where the impossible video's (max, mean) surprise is higher."""
-    scores: dict[str, list[tuple[float, float]]] = {}
+def copy_surprise(model: JEPA, video: torch.Tensor, context_steps: int) -> np.ndarray:
+    """Per window (the windows `surprise_curve` uses): the L1 of "nothing moves", the last context
+    step's target features copied forward. Pairs scored this way show what the target features
+    alone can tell apart."""
+    grid, tubelet = model.token_grid, model.encoder.tubelet_size
+    frames = grid[0] * tubelet
+    clips = torch.stack([video[:, s : s + frames] for s in range(0, video.shape[1] - frames + 1, tubelet)])
+    f = normalize_targets(model.target_encoder(clips)).unflatten(1, (grid[0], grid[1] * grid[2]))
+    return (f[:, context_steps:] - f[:, context_steps - 1 : context_steps]).abs().mean(dim=(1, 2, 3)).numpy()
+
+
+@torch.no_grad()
+def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int) -> dict[str, tuple[float, ...]]:
+    """Per type: % of pairs where the impossible video's surprise is higher, by (max, mean) of the
+    predictor's surprise, then (max, mean) of the copy-forward surprise."""
+    scores: dict[str, list[list[float]]] = {}
     for kind, possible, impossible in pairs:
-        curves = [surprise_curve(model, clips_to_tensor(torch.from_numpy(v)[None])[0],
-                                 context_steps=context_steps, mask_index=mask_index) for v in (possible, impossible)]
-        scores.setdefault(kind, []).append((float(pair_correct(curves[0].max, curves[1].max)),
-                                            float(pair_correct(curves[0].mean, curves[1].mean))))
+        videos = [clips_to_tensor(torch.from_numpy(v)[None])[0] for v in (possible, impossible)]
+        pred = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index).values for v in videos]
+        copy = [copy_surprise(model, v, context_steps) for v in videos]
+        row = []
+        for possible_s, impossible_s in (pred, copy):
+            row += [float(pair_correct(possible_s.max(), impossible_s.max())),
+                    float(pair_correct(possible_s.mean(), impossible_s.mean()))]
+        scores.setdefault(kind, []).append(row)
     return {k: tuple(round(100 * float(x), 1) for x in np.mean(v, axis=0)) for k, v in scores.items()}
 
 
@@ -141,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate(step: int) -> None:
         ratio, first = pred_vs_copy(model, held_clips, context_steps, mask_index)
         acc = pair_accuracy(model, pairs, context_steps, mask_index)
-        cells = "  ".join(f"{k} {mx:.0f}/{mn:.0f}" for k, (mx, mn) in acc.items())
-        print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})  pairs max/mean %: {cells}", flush=True)
+        cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f})" for k, (a, b, c, d) in acc.items())
+        print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})  "
+              f"pairs max/mean % (copy-forward's): {cells}", flush=True)
 
     t0 = time.time()
     evaluate(0)

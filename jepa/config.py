@@ -63,6 +63,10 @@ class ModelConfig:
     """Predictor width."""
     pred_num_heads: int = 12
     """Predictor attention heads."""
+    pred_copy_context: bool = False
+    """Each prediction starts from the latest context token at its place (layer-normed; with a
+    future mask, the last context step), and the predictor learns only the change: at init it
+    predicts "nothing moves". Off in the reference, whose predictions start from mask tokens."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
     init_from: str = ""

@@ -89,5 +89,6 @@ def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
         num_heads=model_cfg.pred_num_heads,
         num_mask_tokens=num_mask_configs,
         activation_checkpointing=model_cfg.activation_checkpointing,
+        copy_context=model_cfg.pred_copy_context,
     )
     return JEPA(encoder, predictor, token_grid(model_cfg))

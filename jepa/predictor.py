@@ -12,10 +12,11 @@ skip the sort: outputs are the same up to float summation order.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa.rope import rope_tables
-from jepa.vit import LN_EPS, Block, init_weights, run_blocks
+from jepa.vit import LN_EPS, Block, gather_tokens, init_weights, run_blocks
 
 
 class Predictor(nn.Module):
@@ -28,9 +29,11 @@ class Predictor(nn.Module):
         num_mask_tokens: int = 2,
         mlp_ratio: float = 4.0,
         activation_checkpointing: bool = False,
+        copy_context: bool = False,
     ):
         super().__init__()
         self.num_heads = num_heads
+        self.copy_context = copy_context
         self.activation_checkpointing = activation_checkpointing
         self.embed = nn.Linear(embed_dim, pred_embed_dim)
         # One learnable query per mask config, zero at init (the reference's zero_init_mask_tokens).
@@ -41,6 +44,8 @@ class Predictor(nn.Module):
         self.norm = nn.LayerNorm(pred_embed_dim, eps=LN_EPS)
         self.proj = nn.Linear(pred_embed_dim, embed_dim)
         init_weights(self, self.blocks)
+        if copy_context:  # start as "nothing moves": the blocks learn only the change
+            nn.init.zeros_(self.proj.weight)
 
     def forward(
         self,
@@ -59,4 +64,23 @@ class Predictor(nn.Module):
         ids = torch.cat((context_ids, target_ids), dim=1)  # (B, Nc + Nt)
         cos, sin = rope_tables(ids, grid, x.shape[-1] // self.num_heads)
         x = run_blocks(self.blocks, x, cos, sin, self.activation_checkpointing)
-        return self.proj(self.norm(x[:, n_ctx:]))  # (B, Nt, E)
+        out = self.proj(self.norm(x[:, n_ctx:]))  # (B, Nt, E)
+        if self.copy_context:
+            source, found = latest_context_at_place(context_ids, target_ids, grid)
+            start = gather_tokens(F.layer_norm(context, context.shape[-1:]), source)  # (B, Nt, E)
+            out = out + start * found.unsqueeze(-1)
+        return out
+
+
+def latest_context_at_place(context_ids: Tensor, target_ids: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """For each target token, the index into the context of the latest context token at the same
+    spatial place no later in time, and whether there is one: (B, Nt) long and (B, Nt) bool."""
+    steps, height, width = grid
+    B, n_ctx = context_ids.shape
+    slot = torch.full((B, steps * height * width), -1, dtype=torch.long, device=context_ids.device)
+    slot.scatter_(1, context_ids, torch.arange(n_ctx, device=context_ids.device).expand(B, -1))
+    slot = slot.view(B, steps, height * width)
+    for t in range(1, steps):  # carry the latest context token at each place forward in time
+        slot[:, t] = torch.where(slot[:, t] >= 0, slot[:, t], slot[:, t - 1])
+    source = slot.view(B, -1).gather(1, target_ids)
+    return source.clamp(min=0), source >= 0

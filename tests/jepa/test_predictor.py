@@ -1,6 +1,6 @@
 import torch
 
-from jepa.predictor import Predictor
+from jepa.predictor import Predictor, latest_context_at_place
 
 
 def _predictor():
@@ -50,3 +50,29 @@ def test_mask_index_selects_token_and_positions_matter():
     out0 = pred(ctx, ctx_ids, tgt_ids, GRID, mask_index=0)
     assert not torch.allclose(out0, pred(ctx, ctx_ids, tgt_ids, GRID, mask_index=1))
     assert not torch.allclose(out0, pred(ctx, ctx_ids, tgt_ids + 1, GRID, mask_index=0))
+
+
+def test_latest_context_at_place():
+    # grid of 3 steps x 2x2 places: context at (t0, p0), (t0, p1), (t1, p1)
+    ctx_ids = torch.tensor([[0, 1, 5]])
+    tgt_ids = torch.tensor([[8, 9, 10, 4]])  # (t2, p0), (t2, p1), (t2, p2), (t1, p0)
+    source, found = latest_context_at_place(ctx_ids, tgt_ids, (3, 2, 2))
+    assert found.tolist() == [[True, True, False, True]]
+    assert source[found].tolist() == [0, 2, 0]
+
+
+def test_copy_context_starts_as_nothing_moves_and_learns_the_change():
+    torch.manual_seed(0)
+    pred = Predictor(embed_dim=48, pred_embed_dim=32, depth=2, num_heads=4, copy_context=True)
+    ctx, ctx_ids, _ = _inputs()
+    tgt_ids = torch.tensor([[18, 25, 31], [17, 22, 8]])  # places of context tokens a step later, and none
+    out = pred(ctx, ctx_ids, tgt_ids, GRID)
+    source, found = latest_context_at_place(ctx_ids, tgt_ids, GRID)
+    assert found.tolist() == [[True, True, False], [True, True, False]]
+    normed = torch.nn.functional.layer_norm(ctx, (48,))
+    for b in range(2):
+        for j in range(3):
+            expected = normed[b, source[b, j]] if found[b, j] else torch.zeros(48)
+            assert torch.allclose(out[b, j], expected, atol=1e-6)
+    (out - torch.randn_like(out)).abs().mean().backward()
+    assert pred.proj.weight.grad.abs().sum() > 0
