@@ -140,6 +140,9 @@ class OptimConfig:
     """AdamW decay; never applied to biases and 1-D parameters."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
+    predictor_lr_scale: float = 1.0
+    """The predictor's learning rate as a multiple of the encoder's (the schedule's); the
+    reference trains both at one rate."""
     ema_momentum: float = 0.99925
     """Target-encoder EMA momentum (constant)."""
 

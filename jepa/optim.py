@@ -12,16 +12,18 @@ from jepa.config import OptimConfig
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `module`: decay on weight matrices (and other
     >1-D tensors such as mask tokens, as in the reference), none on biases and 1-D params.
-    Build it after moving `module` to its device: on CUDA it uses the fused kernel."""
-    decay, no_decay = [], []
+    With `predictor_lr_scale` != 1, the `predictor.*` parameters get groups of their own whose
+    `lr_scale` `set_lr` applies. Build it after moving `module` to its device: on CUDA it uses
+    the fused kernel."""
+    scales = (1.0,) if cfg.predictor_lr_scale == 1.0 else (1.0, cfg.predictor_lr_scale)
+    params: dict[tuple[float, bool], list[nn.Parameter]] = {(s, d): [] for s in scales for d in (True, False)}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        scale = cfg.predictor_lr_scale if name.startswith("predictor.") else 1.0
+        params[scale, not (name.endswith("bias") or p.ndim <= 1)].append(p)
+    groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+              for (scale, decay), ps in params.items()]
     fused = all(p.is_cuda for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, fused=fused or None)
 
@@ -42,4 +44,4 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

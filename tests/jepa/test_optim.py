@@ -44,3 +44,13 @@ def test_unknown_schedule_and_set_lr():
     opt = build_optimizer(nn.Linear(2, 2), OptimConfig())
     set_lr(opt, 0.123)
     assert [g["lr"] for g in opt.param_groups] == [0.123, 0.123]
+
+
+def test_predictor_lr_scale():
+    model = nn.ModuleDict({"encoder": nn.Linear(4, 4), "predictor": Predictor(4, 8, 1, 2)})
+    opt = build_optimizer(model, OptimConfig(predictor_lr_scale=3.0))
+    set_lr(opt, 0.01)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {lr_of[id(p)] for p in model["encoder"].parameters()} == {0.01}
+    assert all(lr_of[id(p)] == pytest.approx(0.03) for p in model["predictor"].parameters())
+    assert len(lr_of) == sum(1 for _ in model.parameters())
