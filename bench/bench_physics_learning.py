@@ -34,7 +34,7 @@ from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
 from jepa.model import JEPA, build_jepa  # noqa: E402
 from jepa.objective import normalize_targets  # noqa: E402
 from jepa.optim import build_optimizer, lr_at  # noqa: E402
-from jepa.surprise import future_mask_index, pair_correct, surprise_curve  # noqa: E402
+from jepa.surprise import Windows, future_mask_index, pair_correct, surprise_curve  # noqa: E402
 from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
@@ -87,13 +87,12 @@ def pred_vs_copy(model: JEPA, clips: torch.Tensor, context_steps: int, mask_inde
 
 
 @torch.no_grad()
-def copy_surprise(model: JEPA, video: torch.Tensor, context_steps: int) -> np.ndarray:
-    """Per window (the windows `surprise_curve` uses): the L1 of "nothing moves", the last context
+def copy_surprise(model: JEPA, video: torch.Tensor, windows: Windows, context_steps: int) -> np.ndarray:
+    """Per window of ``windows`` (a surprise curve's): the L1 of "nothing moves", the last context
     step's target features copied forward. Pairs scored this way show what the target features
     alone can tell apart."""
-    grid, tubelet = model.token_grid, model.encoder.tubelet_size
-    frames = grid[0] * tubelet
-    clips = torch.stack([video[:, s : s + frames] for s in range(0, video.shape[1] - frames + 1, tubelet)])
+    grid = model.token_grid
+    clips = torch.stack([video[:, s : s + windows.window_frames] for s in windows.starts])
     f = normalize_targets(model.target_encoder(clips)).unflatten(1, (grid[0], grid[1] * grid[2]))
     return (f[:, context_steps:] - f[:, context_steps - 1 : context_steps]).abs().mean(dim=(1, 2, 3)).numpy()
 
@@ -105,8 +104,9 @@ def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int)
     scores: dict[str, list[list[float]]] = {}
     for kind, possible, impossible in pairs:
         videos = [clips_to_tensor(torch.from_numpy(v)[None])[0] for v in (possible, impossible)]
-        pred = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index).values for v in videos]
-        copy = [copy_surprise(model, v, context_steps) for v in videos]
+        curves = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index) for v in videos]
+        pred = [c.values for c in curves]
+        copy = [copy_surprise(model, v, c.windows, context_steps) for v, c in zip(videos, curves)]
         row = []
         for possible_s, impossible_s in (pred, copy):
             row += [float(pair_correct(possible_s.max(), impossible_s.max())),

@@ -654,6 +654,11 @@ def _build_pair(
 # --- writing a set of pairs ------------------------------------------------------------------
 
 
+def indexed_pair_id(pair_type: str, index: int) -> str:
+    """``pair_id`` of pair ``index`` of ``pair_type`` (pairs.parquet and the sidecars' metadata)."""
+    return f"{pair_type}/{index:05d}"
+
+
 def indexed_pair(
     cfg: PhysicsConfig, seed: int, pair_type: str, index: int,
     onset_range_s: tuple[float, float] = DEFAULT_ONSET_RANGE_S,
@@ -663,7 +668,7 @@ def indexed_pair(
     (even index) and *appear* (odd) by index."""
     control_path = VIOLATIONS[index % len(VIOLATIONS)] if pair_type == "control" else None
     return make_pair(cfg, pair_type, pair_seed(seed, pair_type, index), control_path=control_path,
-                     onset_range_s=onset_range_s, pair_id=f"{pair_type}/{index:05d}",
+                     onset_range_s=onset_range_s, pair_id=indexed_pair_id(pair_type, index),
                      appear=pair_type == "permanence" and index % 2 == 1)  # fmt: skip
 
 
@@ -673,7 +678,7 @@ def _write_pair(
 ) -> dict:  # fmt: skip
     """Make, encode and write one pair; returns its pairs.parquet row."""
     pair = indexed_pair(cfg, seed, pair_type, index, onset_range_s)
-    pair_id = f"{pair_type}/{index:05d}"
+    pair_id = indexed_pair_id(pair_type, index)
     stem = storage.join_uri(out_uri, pair_type, f"pair_{index:05d}")
     uris = {}
     tables = (pair.possible_table, pair.impossible_table)
