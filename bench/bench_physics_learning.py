@@ -9,7 +9,9 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
   it predicts motion. Also for the first predicted step alone, where motion is easiest to predict.
 - **pair accuracy** (max and mean surprise) on a few violation pairs per type, scored exactly as
   `jepa eval surprise` scores them; in brackets, the same with copy-forward as the predictor, in
-  the model's own target features (what those features let a "nothing moves" model tell apart).
+  the model's own target features (what those features let a "nothing moves" model tell apart);
+  in square brackets, the pixel extrapolator's. ``--score-steps 0,1`` scores the pairs once per
+  value (0: every predicted step in a window's surprise; N: the first N, as ``--score-steps``).
 
     python bench/bench_physics_learning.py --steps 600 --eval-every 200
     python bench/bench_physics_learning.py --context-steps 7 --freeze-encoder
@@ -34,7 +36,7 @@ from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
 from jepa.model import JEPA, build_jepa  # noqa: E402
 from jepa.objective import normalize_targets  # noqa: E402
 from jepa.optim import build_optimizer, lr_at  # noqa: E402
-from jepa.surprise import Windows, future_mask_index, pair_correct, surprise_curve  # noqa: E402
+from jepa.surprise import Windows, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve  # noqa: E402
 from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
@@ -94,21 +96,25 @@ def copy_surprise(model: JEPA, video: torch.Tensor, windows: Windows, context_st
     grid = model.token_grid
     clips = torch.stack([video[:, s : s + windows.window_frames] for s in windows.starts])
     f = normalize_targets(model.target_encoder(clips)).unflatten(1, (grid[0], grid[1] * grid[2]))
-    return (f[:, context_steps:] - f[:, context_steps - 1 : context_steps]).abs().mean(dim=(1, 2, 3)).numpy()
+    scored = f[:, context_steps : context_steps + windows.scored // model.encoder.tubelet_size]
+    return (scored - f[:, context_steps - 1 : context_steps]).abs().mean(dim=(1, 2, 3)).numpy()
 
 
 @torch.no_grad()
-def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int) -> dict[str, tuple[float, ...]]:
+def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int,
+                  score_steps: int | None) -> dict[str, tuple[float, ...]]:
     """Per type: % of pairs where the impossible video's surprise is higher, by (max, mean) of the
-    predictor's surprise, then (max, mean) of the copy-forward surprise."""
+    predictor's surprise, then of the copy-forward surprise, then of the pixel extrapolator's."""
     scores: dict[str, list[list[float]]] = {}
     for kind, possible, impossible in pairs:
         videos = [clips_to_tensor(torch.from_numpy(v)[None])[0] for v in (possible, impossible)]
-        curves = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index) for v in videos]
+        curves = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index, score_steps=score_steps)
+                  for v in videos]
         pred = [c.values for c in curves]
         copy = [copy_surprise(model, v, c.windows, context_steps) for v, c in zip(videos, curves)]
+        pixel = [pixel_surprise_curve(v, c.windows).values for v, c in zip(videos, curves)]
         row = []
-        for possible_s, impossible_s in (pred, copy):
+        for possible_s, impossible_s in (pred, copy, pixel):
             row += [float(pair_correct(possible_s.max(), impossible_s.max())),
                     float(pair_correct(possible_s.mean(), impossible_s.mean()))]
         scores.setdefault(kind, []).append(row)
@@ -124,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--videos", type=int, default=1500, help="rendered training videos (100 more are held out)")
     ap.add_argument("--pairs", type=int, default=24, help="pairs per type for the accuracy")
     ap.add_argument("--context-steps", type=int, help="override the future mask's context steps")
+    ap.add_argument("--score-steps", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                    help="predicted token steps a window's surprise covers, one scoring each (0: all; e.g. 0,1)")
     ap.add_argument("--future-only", action="store_true", help="train with the future mask alone")
     ap.add_argument("--freeze-encoder", action="store_true",
                     help="keep the encoder at its random init (targets fixed): does the predictor alone learn?")
@@ -158,10 +166,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def evaluate(step: int) -> None:
         ratio, first = pred_vs_copy(model, held_clips, context_steps, mask_index)
-        acc = pair_accuracy(model, pairs, context_steps, mask_index)
-        cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f})" for k, (a, b, c, d) in acc.items())
-        print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})  "
-              f"pairs max/mean % (copy-forward's): {cells}", flush=True)
+        print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})", flush=True)
+        for score_steps in args.score_steps:
+            acc = pair_accuracy(model, pairs, context_steps, mask_index, score_steps or None)
+            cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}]" for k, (a, b, c, d, e, f) in acc.items())
+            print(f"  {'all' if not score_steps else score_steps} predicted steps scored, pairs max/mean % "
+                  f"(copy-forward's) [pixels']: {cells}", flush=True)
 
     t0 = time.time()
     evaluate(0)

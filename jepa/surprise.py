@@ -13,7 +13,7 @@ The pixel baseline scores the same windows with a model that knows no physics be
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,10 +34,16 @@ class Windows:
     context_frames: int
     stride_frames: int
     n_frames: int
+    scored_frames: int | None = None
+    """Predicted frames a window's surprise covers, from the first on (None: all of them). The
+    first frames after the context are the easiest to predict, so a broken law stands out most there."""
 
     def __post_init__(self) -> None:
         if not 0 < self.context_frames < self.window_frames:
             raise ValueError(f"need 0 < context_frames < window_frames, got {self.context_frames}, {self.window_frames}")
+        if self.scored_frames is not None and not 0 < self.scored_frames <= self.window_frames - self.context_frames:
+            raise ValueError(f"scored_frames must be in 1..{self.window_frames - self.context_frames} "
+                             f"(the predicted frames), got {self.scored_frames}")
         if self.stride_frames < 1:
             raise ValueError(f"stride_frames must be >= 1, got {self.stride_frames}")
         if self.n_frames < self.window_frames:
@@ -47,6 +53,11 @@ class Windows:
     def starts(self) -> list[int]:
         """First frame of each window."""
         return list(range(0, self.n_frames - self.window_frames + 1, self.stride_frames))
+
+    @property
+    def scored(self) -> int:
+        """Predicted frames scored per window."""
+        return self.scored_frames or self.window_frames - self.context_frames
 
     @property
     def predicted_from(self) -> list[int]:
@@ -76,6 +87,7 @@ class SurpriseCurve:
             "window_frames": self.windows.window_frames,
             "context_frames": self.windows.context_frames,
             "stride_frames": self.windows.stride_frames,
+            "scored_frames": self.windows.scored,
             "max": self.max,
             "mean": self.mean,
         }
@@ -101,39 +113,44 @@ def surprise_curve(
     context_steps: int,
     mask_index: int = 0,
     stride_frames: int | None = None,
+    score_steps: int | None = None,
     batch_size: int = 8,
 ) -> SurpriseCurve:
     """Per-window surprise of one normalised video (3, F, H, W) on the model's device.
 
     Windows are as long as the model's training clips; ``context_steps`` token time steps of each
     are context; ``mask_index`` picks the predictor's mask token (the future config's, ideally).
-    The stride defaults to one tubelet.
+    The stride defaults to one tubelet; ``score_steps`` (default: all) keeps the first predicted
+    token time steps in the score.
     """
     frames, height, width = model.token_grid[0] * model.encoder.tubelet_size, *video.shape[-2:]
     tubelet = model.encoder.tubelet_size
-    windows = Windows(frames, context_steps * tubelet, stride_frames or tubelet, video.shape[1])
+    windows = Windows(frames, context_steps * tubelet, stride_frames or tubelet, video.shape[1],
+                      scored_frames=score_steps * tubelet if score_steps else None)
     grid = model.encoder.token_grid(frames, height, width)
     future = FutureMaskGenerator(grid, MaskConfig(kind="future", context_steps=context_steps))
+    scored_tokens = windows.scored // tubelet * grid[1] * grid[2]  # targets run in (T, H, W) order
     values = []
     for clips in _window_batches(video, windows, batch_size):
         m: MaskBatch = future(clips.shape[0]).to(clips.device)
         context = model.encoder(clips, keep=m.context)  # (B, Nc, D)
         pred = model.predictor(context, m.context, m.target, grid, mask_index=mask_index)  # (B, Nt, D)
         target = normalize_targets(gather_tokens(model.target_encoder(clips), m.target))  # (B, Nt, D)
-        values.append((pred.float() - target.float()).abs().mean(dim=(1, 2)))
+        error = (pred.float() - target.float()).abs()[:, :scored_tokens]
+        values.append(error.mean(dim=(1, 2)))
     return SurpriseCurve(torch.cat(values).cpu().numpy(), windows)
 
 
 def pixel_surprise_curve(video: Tensor, windows_like: Windows) -> SurpriseCurve:
     """The same windows scored by linear extrapolation of the last two context frames: mean L1
     between the extrapolated and the real future frames of (3, F, H, W) ``video``."""
-    w = Windows(windows_like.window_frames, windows_like.context_frames, windows_like.stride_frames, video.shape[1])
+    w = replace(windows_like, n_frames=video.shape[1])
     values = []
     for s in w.starts:
         last, before = video[:, s + w.context_frames - 1], video[:, s + w.context_frames - 2]
-        ahead = torch.arange(1, w.window_frames - w.context_frames + 1, dtype=video.dtype, device=video.device)
+        ahead = torch.arange(1, w.scored + 1, dtype=video.dtype, device=video.device)
         guess = last[:, None] + ahead.view(1, -1, 1, 1) * (last - before)[:, None]  # (3, Tf, H, W)
-        real = video[:, s + w.context_frames : s + w.window_frames]
+        real = video[:, s + w.context_frames : s + w.context_frames + w.scored]
         values.append(float((guess - real).abs().mean()))
     return SurpriseCurve(np.asarray(values), w)
 

@@ -169,9 +169,11 @@ def _eval_surprise(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-pairs must be >= 1, got {args.max_pairs}")
     if args.stride_frames is not None and args.stride_frames < 1:
         raise UsageError(f"--stride-frames must be >= 1, got {args.stride_frames}")
+    if args.score_steps is not None and args.score_steps < 1:
+        raise UsageError(f"--score-steps must be >= 1, got {args.score_steps}")
     evaluated = load_evaluated_model(args.model)
     report = evaluate_surprise(evaluated, args.pairs, max_pairs=args.max_pairs, stride_frames=args.stride_frames,
-                               progress=not args.no_progress)
+                               score_steps=args.score_steps, progress=not args.no_progress)
     _eval_output(args, evaluated, report, record)
 
 
@@ -462,6 +464,8 @@ def _add_eval(sub) -> None:
     sur.add_argument("--pairs", required=True, help="s3://BUCKET/PREFIX (or a folder) holding pairs.parquet")
     sur.add_argument("--max-pairs", type=int, help="score only the first N pairs of each type")
     sur.add_argument("--stride-frames", type=int, help="frames between windows (default: one tubelet)")
+    sur.add_argument("--score-steps", type=int, metavar="N",
+                     help="score only the first N predicted token time steps of each window (default: all)")
     sur.set_defaults(func=_eval_surprise)
 
     pro = ev_sub.add_parser("probe", help="attentive probes on a frozen encoder vs random init and pixels",

@@ -86,7 +86,8 @@ class SurpriseReport:
         s = self.settings
         return (f"# Surprise on violation pairs: {self.model}\n\n"
                 f"Pairs: `{self.pairs_uri}`. Windows of {s['window_frames']} frames at {s['fps']} fps, "
-                f"{s['context_frames']} of context, stride {s['stride_frames']}; predictor mask: {s['mask']}.\n"
+                f"{s['context_frames']} of context, the next {s['scored_frames']} scored, stride "
+                f"{s['stride_frames']}; predictor mask: {s['mask']}.\n"
                 f"Pairwise accuracy (%) with bootstrap 95% intervals; a pair is right when the impossible "
                 f"video's surprise (max or mean over windows) is higher, ties count half.\n\n"
                 f"{self.table().markdown()}\n")
@@ -106,6 +107,7 @@ def evaluate_surprise(
     *,
     max_pairs: int | None = None,
     stride_frames: int | None = None,
+    score_steps: int | None = None,
     examples_per_type: int = 1,
     progress: bool = True,
 ) -> SurpriseReport:
@@ -130,7 +132,8 @@ def evaluate_surprise(
     def score(video: np.ndarray) -> dict[str, SurpriseCurve]:
         x = clips_to_tensor(video[None])[0]  # (3, F, H, W)
         curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index or 0,
-                                       stride_frames=stride_frames) for name, m in models.items()}
+                                       stride_frames=stride_frames, score_steps=score_steps)
+                  for name, m in models.items()}
         curves["pixel"] = pixel_surprise_curve(x, curves["trained"].windows)
         return curves
 
@@ -150,7 +153,7 @@ def evaluate_surprise(
             ))
     windows = results[0].curves[0].windows
     settings = {"fps": cfg.data.fps, "window_frames": windows.window_frames, "context_frames": windows.context_frames,
-                "stride_frames": windows.stride_frames, "mask": "future" if mask_index is not None else "multiblock",
+                "scored_frames": windows.scored, "stride_frames": windows.stride_frames, "mask": "future" if mask_index is not None else "multiblock",
                 "pairs": len(results)}
     return _summarise(evaluated.label, pairs_uri, settings, results)
 

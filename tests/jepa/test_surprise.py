@@ -47,6 +47,24 @@ def test_surprise_is_the_l1_of_predicted_to_target_features(model):
         assert curve.values[i] == pytest.approx(float((pred - target).abs().mean()), rel=1e-5)
 
 
+def test_score_steps_keeps_the_first_predicted_steps(model):
+    video = torch.randn(3, 12, 32, 32, generator=torch.Generator().manual_seed(4))
+    curve = surprise_curve(model, video, context_steps=2, mask_index=1, score_steps=1)
+    assert curve.windows.scored == 2 and curve.as_dict()["scored_frames"] == 2
+    grid = model.token_grid
+    per_step = grid[1] * grid[2]
+    ctx, tgt = torch.arange(2 * per_step)[None], torch.arange(2 * per_step, 4 * per_step)[None]
+    clip = video[None, :, :8]
+    with torch.no_grad():
+        pred = model.predictor(model.encoder(clip, keep=ctx), ctx, tgt, grid, mask_index=1)
+        target = normalize_targets(gather_tokens(model.target_encoder(clip), tgt))
+    first = float((pred - target)[:, :per_step].abs().mean())
+    assert curve.values[0] == pytest.approx(first, rel=1e-5)
+    assert first != pytest.approx(float((pred - target).abs().mean()), rel=1e-3)
+    with pytest.raises(ValueError, match="scored_frames"):
+        surprise_curve(model, video, context_steps=2, score_steps=3)
+
+
 def test_predictions_never_see_the_frames_they_predict(model):
     """Changing only a window's predicted frames changes the target, never the prediction."""
     outputs = []
@@ -75,6 +93,10 @@ def test_pixel_baseline_extrapolates_linear_motion_exactly():
     sees_jump = (first_predicted <= 20) & (20 <= last_predicted)
     assert (values[sees_jump] > 0.1).all()
     assert np.allclose(values[last_predicted < 20], 0.0, atol=1e-6)
+    first_only = pixel_surprise_curve(jumped, Windows(16, 8, 2, 32, scored_frames=2)).values
+    assert (first_only[(first_predicted <= 20) & (20 <= first_predicted + 1)] > 0.1).all()
+    assert np.allclose(first_only[first_predicted + 1 < 20], 0.0, atol=1e-6)
+    assert np.allclose(first_only[first_predicted > 20], 0.0, atol=1e-6)  # the jump is behind them
 
 
 def test_pair_scoring_and_future_mask_lookup():

@@ -35,6 +35,7 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
     assert result["model"] == "jepa-eval-surprise/1"
     assert result["settings"]["mask"] == "future" and result["settings"]["pairs"] == PAIRS_PER_TYPE * 6
     assert result["settings"]["window_frames"] == 8 and result["settings"]["context_frames"] == 4
+    assert result["settings"]["scored_frames"] == 4  # all predicted frames unless --score-steps
     assert list(result["accuracy"]) == list(PAIR_TYPES)
     for pair_type, scorers in result["accuracy"].items():
         assert set(scorers) == {"trained", "random-init", "pixel"}
