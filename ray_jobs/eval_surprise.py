@@ -101,6 +101,15 @@ def _decode_pair(row: dict[str, Any], fps: float, size: int) -> tuple[np.ndarray
     return tuple(decode_video(get_bytes(row[k]), fps, size) for k in ("possible_uri", "impossible_uri"))
 
 
+def surprise_steps(evaluated: EvaluatedModel) -> tuple[int, int]:
+    """(context, predicted) token time steps of a surprise window: the model's future mask config
+    sets the context, else half the clip."""
+    cfg, steps = evaluated.cfg, evaluated.model.token_grid[0]
+    mask_index = future_mask_index(cfg.masks)
+    context = (cfg.masks[mask_index].context_steps or steps // 2) if mask_index is not None else steps // 2
+    return context, steps - context
+
+
 def evaluate_surprise(
     evaluated: EvaluatedModel,
     pairs_uri: str,
@@ -125,8 +134,10 @@ def evaluate_surprise(
     if not rows:
         raise FileNotFoundError(f"{pairs_uri}/pairs.parquet lists no pairs")
     mask_index = future_mask_index(cfg.masks)
-    steps = evaluated.model.token_grid[0]
-    context_steps = (cfg.masks[mask_index].context_steps or steps // 2) if mask_index is not None else steps // 2
+    context_steps, predicted_steps = surprise_steps(evaluated)
+    if score_steps is not None and not 0 < score_steps <= predicted_steps:
+        raise ValueError(f"score_steps must be in 1..{predicted_steps}: the model predicts {predicted_steps} "
+                         f"token time steps after {context_steps} of context")
     models = {"trained": evaluated.model, "random-init": random_init(cfg)}
 
     def score(video: np.ndarray) -> dict[str, SurpriseCurve]:

@@ -58,6 +58,11 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
     version = client.get_model_version("jepa-eval-surprise", "1")
     assert version.tags["eval.surprise.run_id"] == run.info.run_id
 
+    # the model predicts 2 token time steps after its 2 of context: a 3rd cannot be scored
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--score-steps", "3", "--no-mlflow"])
+    assert exit_info.value.code == 2 and "--score-steps must be in 1..2" in capsys.readouterr().err
+
 
 def test_eval_surprise_errors_are_one_line(pairs_uri, mlflow_env, capsys):
     with pytest.raises(SystemExit) as exit_info:
