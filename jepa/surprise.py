@@ -98,6 +98,16 @@ def future_mask_index(mask_cfgs: Sequence[MaskConfig]) -> int | None:
     return next((i for i, c in enumerate(mask_cfgs) if c.kind == "future"), None)
 
 
+def surprise_mask(mask_cfgs: Sequence[MaskConfig], steps: int) -> tuple[int, int, str]:
+    """(mask index, context time steps, mask kind) for surprise on clips of ``steps`` token time
+    steps: the first future mask config if there is one, else mask token 0 with half the steps as
+    context (multiblock masks never train future prediction, a weaker predictor of it)."""
+    index = future_mask_index(mask_cfgs)
+    if index is None:
+        return 0, steps // 2, "multiblock"
+    return index, mask_cfgs[index].context_steps or steps // 2, "future"
+
+
 def _window_batches(video: Tensor, windows: Windows, batch_size: int):
     """video (C, F, H, W) -> batches of windows (B, C, T, H, W)."""
     starts = windows.starts

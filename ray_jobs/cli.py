@@ -163,14 +163,16 @@ def _eval_output(args: argparse.Namespace, evaluated, report, record) -> None:
 
 def _eval_surprise(args: argparse.Namespace) -> None:
     from ray_jobs.eval_runs import load_evaluated_model
-    from ray_jobs.eval_surprise import evaluate_surprise, record, surprise_steps
+    from jepa.surprise import surprise_mask
+    from ray_jobs.eval_surprise import evaluate_surprise, record
 
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UsageError(f"--max-pairs must be >= 1, got {args.max_pairs}")
     if args.stride_frames is not None and args.stride_frames < 1:
         raise UsageError(f"--stride-frames must be >= 1, got {args.stride_frames}")
     evaluated = load_evaluated_model(args.model)
-    predicted = surprise_steps(evaluated)[1]
+    steps = evaluated.model.token_grid[0]
+    predicted = steps - surprise_mask(evaluated.cfg.masks, steps)[1]
     if args.score_steps is not None and not 0 < args.score_steps <= predicted:
         raise UsageError(f"--score-steps must be in 1..{predicted} (the token time steps this model predicts), "
                          f"got {args.score_steps}")

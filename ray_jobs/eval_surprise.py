@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jepa.stats import Estimate, bootstrap
-from jepa.surprise import SurpriseCurve, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve
+from jepa.surprise import SurpriseCurve, pair_correct, pixel_surprise_curve, surprise_curve, surprise_mask
 from jepa.transforms import clips_to_tensor
 from pipelines.physics_pairs import read_pairs
 from pipelines.storage import get_bytes
@@ -101,15 +101,6 @@ def _decode_pair(row: dict[str, Any], fps: float, size: int) -> tuple[np.ndarray
     return tuple(decode_video(get_bytes(row[k]), fps, size) for k in ("possible_uri", "impossible_uri"))
 
 
-def surprise_steps(evaluated: EvaluatedModel) -> tuple[int, int]:
-    """(context, predicted) token time steps of a surprise window: the model's future mask config
-    sets the context, else half the clip."""
-    cfg, steps = evaluated.cfg, evaluated.model.token_grid[0]
-    mask_index = future_mask_index(cfg.masks)
-    context = (cfg.masks[mask_index].context_steps or steps // 2) if mask_index is not None else steps // 2
-    return context, steps - context
-
-
 def evaluate_surprise(
     evaluated: EvaluatedModel,
     pairs_uri: str,
@@ -133,16 +124,12 @@ def evaluate_surprise(
         rows = kept
     if not rows:
         raise FileNotFoundError(f"{pairs_uri}/pairs.parquet lists no pairs")
-    mask_index = future_mask_index(cfg.masks)
-    context_steps, predicted_steps = surprise_steps(evaluated)
-    if score_steps is not None and not 0 < score_steps <= predicted_steps:
-        raise ValueError(f"score_steps must be in 1..{predicted_steps}: the model predicts {predicted_steps} "
-                         f"token time steps after {context_steps} of context")
+    mask_index, context_steps, mask_kind = surprise_mask(cfg.masks, evaluated.model.token_grid[0])
     models = {"trained": evaluated.model, "random-init": random_init(cfg)}
 
     def score(video: np.ndarray) -> dict[str, SurpriseCurve]:
         x = clips_to_tensor(video[None])[0]  # (3, F, H, W)
-        curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index or 0,
+        curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index,
                                        stride_frames=stride_frames, score_steps=score_steps)
                   for name, m in models.items()}
         curves["pixel"] = pixel_surprise_curve(x, curves["trained"].windows)
@@ -164,7 +151,7 @@ def evaluate_surprise(
             ))
     windows = results[0].curves[0].windows
     settings = {"fps": cfg.data.fps, "window_frames": windows.window_frames, "context_frames": windows.context_frames,
-                "scored_frames": windows.scored, "stride_frames": windows.stride_frames, "mask": "future" if mask_index is not None else "multiblock",
+                "scored_frames": windows.scored, "stride_frames": windows.stride_frames, "mask": mask_kind,
                 "pairs": len(results)}
     return _summarise(evaluated.label, pairs_uri, settings, results)
 

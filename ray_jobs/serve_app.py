@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jepa.checkpoint import load_model
 from jepa.config import from_dict
 from jepa.world_model import is_world_model, load_world_model
-from jepa.surprise import future_mask_index, surprise_curve
+from jepa.surprise import surprise_curve, surprise_mask
 from jepa.transforms import clips_to_tensor
 from pipelines.storage import URIError, get_bytes
 from pipelines.video import VideoDecodeError, decode_clip, decode_video
@@ -205,13 +205,10 @@ class JepaService:
         """(mask index, context time steps, mask kind) for surprise: the model's future mask config
         if it has one, else mask token 0 with half of the token time steps as context."""
         steps = self.model.token_grid[0]
-        index = future_mask_index(self.cfg.masks)
         if steps < 2:  # an image model
             raise HTTPException(409, f"model {self.model_name} sees {steps} token time step(s) per clip: "
                                      f"no future to predict, so no surprise")
-        if index is None:
-            return 0, steps // 2, "multiblock"
-        return index, self.cfg.masks[index].context_steps or steps // 2, "future"
+        return surprise_mask(self.cfg.masks, steps)
 
     def _decode_video(self, data: bytes) -> tuple[np.ndarray, bool]:
         """Up to `max_surprise_frames` frames from the start at the model's fps, and whether the

@@ -9,7 +9,9 @@ from jepa.config import MaskConfig, ModelConfig
 from jepa.model import build_jepa
 from jepa.objective import normalize_targets
 from jepa.stats import bootstrap
-from jepa.surprise import Windows, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve
+from jepa.surprise import (
+    Windows, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve, surprise_mask,
+)  # fmt: skip
 from jepa.vit import gather_tokens
 
 TINY = ModelConfig(arch="tiny", img_size=32, num_frames=8, patch_size=16, pred_depth=1, pred_embed_dim=32,
@@ -103,6 +105,9 @@ def test_pair_scoring_and_future_mask_lookup():
     assert pair_correct([1.0, 2.0, 3.0], [2.0, 1.0, 3.0]).tolist() == [1.0, 0.0, 0.5]
     masks = [MaskConfig(), MaskConfig(kind="future", context_steps=2)]
     assert future_mask_index(masks) == 1 and future_mask_index(masks[:1]) is None
+    assert surprise_mask(masks, 8) == (1, 2, "future")
+    assert surprise_mask(masks[:1], 8) == (0, 4, "multiblock")
+    assert surprise_mask([MaskConfig(kind="future")], 8) == (0, 4, "future")  # context_steps 0: half
 
 
 def test_bootstrap_interval_brackets_the_value_and_shrinks_with_more_samples():
