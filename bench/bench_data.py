@@ -186,6 +186,8 @@ def worker(job: dict) -> dict:
         import av
         from av.video.reformatter import VideoReformatter
 
+        from pipelines.av_streams import frame_rgb
+
         def make_clip(i):
             path, start_s, rng = draw(i)
             targets = start_s + np.arange(CLIP_FRAMES) / CLIP_FPS
@@ -195,7 +197,7 @@ def worker(job: dict) -> dict:
                 stream.thread_count = 1
                 for frame in container.decode(stream):  # no seek: from the first frame on
                     while k < CLIP_FRAMES and float(frame.time) >= targets[k] - 0.5 / SOURCE_FPS:
-                        frames.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
+                        frames.append(frame_rgb(reformatter, frame))
                         k += 1
                     if k == CLIP_FRAMES:
                         break

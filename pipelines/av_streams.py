@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from fractions import Fraction
 
 import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoDecodeError(ValueError):
@@ -45,6 +47,17 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     stream = container.streams.video[0]
     stream.thread_count = 1
     return stream
+
+
+def frame_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, width: int | None = None,
+              height: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of ``frame``, scaled (bilinear) to ``width`` x ``height`` when given, in one
+    swscale pass on one thread. FFmpeg 8's swscale otherwise starts a thread per CPU for each scaler
+    context, so for every segment decoded: with one decode per core, their start-up and hand-offs
+    cost a decode about 20% more CPU whenever its process may run on any core (as Ray's workers do).
+    """
+    return reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR",
+                                threads=1).to_ndarray()
 
 
 def stream_fps(stream) -> float:

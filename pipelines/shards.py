@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 
 from pipelines import storage
-from pipelines.av_streams import open_container, timed_frames, video_stream
+from pipelines.av_streams import frame_rgb, open_container, timed_frames, video_stream
 from pipelines.video import VideoDecodeError, encode_mp4
 
 SHARD_FORMAT_VERSION = 1
@@ -238,8 +238,7 @@ def segment_frames(
     def convert(frame: av.VideoFrame) -> np.ndarray:
         nonlocal converted
         if converted is None or converted[0] is not frame:
-            rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
-                                       interpolation="BILINEAR").to_ndarray()
+            rgb = frame_rgb(reformatter, frame, width=size[0], height=size[1])
             converted = (frame, np.rot90(rgb, turns) if turns else rgb)
         return converted[1]
 
@@ -299,7 +298,7 @@ def decode_segment(mp4: bytes) -> np.ndarray:
         n = 0
         try:
             for frame in container.decode(stream):
-                rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                rgb = frame_rgb(reformatter, frame)
                 if n < len(out):
                     out[n] = rgb
                 else:

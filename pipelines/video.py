@@ -15,7 +15,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from pipelines.av_streams import (
-    VideoDecodeError, open_container, stream_fps, stream_start_s, timed_frames, video_stream,
+    VideoDecodeError, frame_rgb, open_container, stream_fps, stream_start_s, timed_frames, video_stream,
 )  # fmt: skip
 
 
@@ -105,9 +105,8 @@ def _to_rgb(frame: av.VideoFrame, size: int, reformatter: VideoReformatter) -> n
     which cost 10-40x the scaling itself. swscale's bilinear widens its kernel when shrinking.
     """
     width, height = _resize_dims(frame.width, frame.height, size)
-    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR")
     top, left = (height - size) // 2, (width - size) // 2
-    return rgb.to_ndarray()[top : top + size, left : left + size]
+    return frame_rgb(reformatter, frame, width=width, height=height)[top : top + size, left : left + size]
 
 
 def decode_clip(

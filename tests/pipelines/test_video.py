@@ -1,8 +1,13 @@
+import os
 import re
 
+import av
 import numpy as np
 import pytest
+from av.video.reformatter import VideoReformatter
 from decode_counter import CountingContainer
+
+from pipelines.av_streams import frame_rgb
 
 from pipelines.shards import decode_segment
 from pipelines.video import VideoDecodeError, decode_clip, encode_mp4, probe
@@ -32,6 +37,16 @@ def test_round_trip_shapes_and_dtype():
 def test_probe_reports_stream_metadata():
     info = probe(indexed_video(24, fps=12, height=32, width=48))
     assert info == {"width": 48, "height": 32, "fps": 12.0, "n_frames": 24, "duration_s": 2.0, "codec": "h264"}
+
+
+def test_frame_conversion_scales_on_the_calling_thread():
+    """swscale's default starts a thread per CPU for each scaler; a decode task must not."""
+    frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24").reformat(format="yuv420p")
+    threads = len(os.listdir("/proc/self/task"))
+    reformatter = VideoReformatter()  # alive, with its scaler, while the threads are counted
+    rgb = frame_rgb(reformatter, frame, width=32, height=24)
+    assert len(os.listdir("/proc/self/task")) == threads
+    assert rgb.shape == (24, 32, 3) and rgb.dtype == np.uint8 and abs(int(rgb.mean()) - 200) <= 2
 
 
 def test_odd_sizes_are_padded_to_even():
