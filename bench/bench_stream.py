@@ -6,13 +6,15 @@ object store, batches built in the consumer). This bench measures both in one ru
 shards in the bucket, with the clip spec and masks of ``configs/vitl16.yaml`` (16 frames at 4 fps,
 256 px, its mask configs):
 
-- **function**: ``decode_shard_batch`` over every row, in a subprocess pinned to one core;
+- **function**: ``decode_shard_batch`` over every row, in N subprocesses at once, each pinned to
+  its own core (N = the stream's decode CPUs, so both see the same load on the cores);
   clips / (user + sys CPU seconds).
 - **stream**: a fresh Ray node started by the bench (``ray start --head --num-cpus N``), the
   dataset consumed with ``iter_torch_batches`` as a trainer does. CPU is counted over every process
   of the Ray node(s) and the consumer (driver, GCS, raylet, workers, ...), from ``/proc``. Reported:
-  clips per CPU-second, clips per wall-second after the first batch, and the time to the first
-  batch after the dataset is built; with 1 and with 2 CPUs for decode.
+  clips per CPU-second and per wall-second in the steady state (after ``--warmup-clips`` past the
+  first batch), and the time to the first batch after the dataset is built; with 1 and with 2 CPUs
+  for decode.
 - **scale-out**: the same stream with its 2 decode CPUs on one node against 2 nodes of 1 CPU each
   (a second ``ray start --address``), alternated, as the two-node test builds its cluster, read by
   2 ranks as Ray Train feeds its workers (``streaming_split`` with locality hints). Both
@@ -24,7 +26,7 @@ them, each segment repeated under distinct source URIs (the decode work per row 
 pixels repeat), split into ``--shards`` shard files with a ``dataset.json``. Needs the stack's S3
 (``make bench-stream`` starts it).
 
-    python bench/bench_stream.py                        # ~20 min on 2 cores (3 runs of 5 settings)
+    python bench/bench_stream.py                        # ~21 min on 2 cores (3 runs of 6 settings)
     python bench/bench_stream.py --epochs 12,100 --no-scale-out
 """
 
@@ -58,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default=str(ROOT / "configs/vitl16.yaml"), help="run config whose clip spec and masks to use")
     p.add_argument("--epochs", default="12,100", help="epoch counts the dataset is built with (comma-separated)")
     p.add_argument("--clips", type=int, default=384, help="clips consumed per stream measurement")
+    p.add_argument("--warmup-clips", type=int, default=192,
+                   help="clips consumed after the first batch before the measurement starts (default: one pass)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per consumer batch")
     p.add_argument("--rows-per-range", type=int, default=32, help="shard rows per read-and-decode task")
     p.add_argument("--decode-cpus", default="1,2", help="CPUs for decode, one measurement each (comma-separated)")
@@ -241,7 +245,8 @@ def function_worker(job: dict) -> dict:
 
 
 def stream_worker(job: dict) -> dict:
-    """Build the dataset on the bench's cluster and consume ``clips`` clips as a trainer does: in
+    """Build the dataset on the bench's cluster and consume ``warmup`` then ``clips`` clips (the
+    measured ones) as a trainer does: in
     this driver, or (``ranks``) split over that many consumers, dealt round robin over the nodes,
     as Ray Train feeds its workers (``streaming_split(equal=True)`` with each rank's node as its
     locality hint, so blocks are handed to a consumer on the node that made them where possible)."""
@@ -264,58 +269,80 @@ def stream_worker(job: dict) -> dict:
     built = time.time()
     shape = (cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, 3)
     ranks = job.get("ranks", 0)
+    marks = (job["batch_size"], job["batch_size"] + job["warmup"], job["batch_size"] + job["warmup"] + job["clips"])
     if not ranks:
-        consumer = consume(ds, job["clips"], job["batch_size"], shape)
-        first = next(consumer)
-        cpu_first = cpu.read()
-        n, end = next(consumer)
+        consumer = consume(ds, marks, shape)
+        _, first = next(consumer)
+        n_start, start = next(consumer)
+        cpu_start = cpu.read()
+        n_end, end = next(consumer)
     else:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         hints = [nodes[i % len(nodes)] for i in range(ranks)]
         remote = ray.remote(num_cpus=0)(consume)
+        b = job["batch_size"]
+        rank_marks = (b, b + job["warmup"] // ranks, b + (job["warmup"] + job["clips"]) // ranks)
         consumers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-                         split, job["clips"] // ranks, job["batch_size"], shape)
+                         split, rank_marks, shape)
                      for split, node in zip(ds.streaming_split(ranks, equal=True, locality_hints=hints), hints)]
-        first = max(ray.get([next(c) for c in consumers]))  # a training step needs every rank's batch
-        cpu_first = cpu.read()
-        done = ray.get([next(c) for c in consumers])
-        n, end = sum(d[0] for d in done), max(d[1] for d in done)
+
+        def all_ranks() -> tuple[int, float]:  # a training step needs every rank's batch
+            done = ray.get([next(c) for c in consumers])
+            return sum(d[0] for d in done), max(d[1] for d in done)
+
+        _, first = all_ranks()
+        n_start, start = all_ranks()
+        cpu_start = cpu.read()
+        n_end, end = all_ranks()
     cpu_end = cpu.stop()
     ray.shutdown()
-    steady = n - job["batch_size"] * max(ranks, 1)  # clips after the first batch: the rates leave start-up out
-    by_name = cpu.by_name(cpu_end, cpu_first)
+    by_name = cpu.by_name(cpu_end, cpu_start)
     cpu_s = sum(by_name.values())
     by_name = {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]) if v >= 0.05}
-    return {"clips": n, "build_s": built - t0, "first_batch_s": first - built, "cpu_s": cpu_s,
-            "clips_per_cpu_s": steady / cpu_s, "clips_per_s": steady / (end - first),
+    return {"clips": n_end - n_start, "build_s": built - t0, "first_batch_s": first - built, "cpu_s": cpu_s,
+            "clips_per_cpu_s": (n_end - n_start) / cpu_s, "clips_per_s": (n_end - n_start) / (end - start),
             "cpu_by_process": by_name}
 
 
-def consume(data, clips: int, batch_size: int, shape: tuple[int, ...]):
-    """Iterate ``data`` (a dataset or a split of one) as a trainer does; yields the time of the first
-    batch, then (clips consumed, time of the last)."""
+def consume(data, marks: tuple[int, ...], shape: tuple[int, ...]):
+    """Iterate ``data`` (a dataset or a split of one) in batches of ``marks[0]`` clips as a trainer
+    does; yields (clips consumed, time) on reaching each of ``marks`` (the last ends it)."""
     import torch
 
-    n = 0
-    for batch in data.iter_torch_batches(batch_size=batch_size, drop_last=True):
+    n, todo = 0, list(marks)
+    for batch in data.iter_torch_batches(batch_size=marks[0], drop_last=True):
         assert batch["clip"].shape[1:] == shape and batch["clip"].dtype == torch.uint8
         n += len(batch["clip"])
-        if n == batch_size:
-            yield time.time()
-        if n >= clips:
-            break
-    yield n, time.time()
+        while len(todo) > 1 and n >= todo[0]:
+            todo.pop(0)
+            yield n, time.time()
+        if n >= todo[0]:
+            end = time.time()
+            break  # the iterator closes here, while Ray is still up
+    else:
+        raise RuntimeError(f"the stream ended after {n} clips, before {todo[0]}")
+    yield n, end
 
 
-def run_json(flag: str, job: dict, pin: bool = False) -> dict:
+def run_json(flag: str, job: dict, cores: int = 0) -> list[dict]:
+    """The worker mode ``flag`` in a subprocess, or with ``cores``, in that many at once, each
+    pinned to a core of its own; their JSON answers."""
     cmd = [sys.executable, __file__, flag, json.dumps(job)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          preexec_fn=(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if pin else None)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{flag} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    pins = sorted(os.sched_getaffinity(0))[:cores] or [None]
+    if len(pins) < cores:
+        raise RuntimeError(f"{cores} cores asked for, {len(pins)} available")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              preexec_fn=None if core is None else (lambda c=core: os.sched_setaffinity(0, {c})))
+             for core in pins]
+    answers = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{flag} failed:\n{err[-4000:]}")
+        answers.append(json.loads(out.strip().splitlines()[-1]))
+    return answers
 
 
 def measure_stream(job: dict, layout: list[int]) -> dict:
@@ -325,7 +352,7 @@ def measure_stream(job: dict, layout: list[int]) -> dict:
         for cpus in layout[1:]:
             nodes.append(Node(cpus, address=nodes[0].address))
         _await_cpus(nodes[0].address, sum(layout))
-        return run_json("--stream", {**job, "address": nodes[0].address, "roots": [n.proc.pid for n in nodes]})
+        return run_json("--stream", {**job, "address": nodes[0].address, "roots": [n.proc.pid for n in nodes]})[0]
     finally:
         for node in reversed(nodes):
             node.stop()
@@ -352,8 +379,8 @@ def main() -> None:
     build_dataset(dataset, Path(args.cache), args.segments, args.shards)
     shard_uris = shards.shard_uris(dataset)
 
-    base = {"dataset": dataset, "config": args.config, "clips": args.clips, "batch_size": args.batch_size,
-            "rows_per_range": args.rows_per_range}
+    base = {"dataset": dataset, "config": args.config, "clips": args.clips, "warmup": args.warmup_clips,
+            "batch_size": args.batch_size, "rows_per_range": args.rows_per_range}
 
     results: dict[tuple, list[dict]] = {}
     # (epochs, decode CPUs, CPUs per node, consumers: 0 = the driver, else ranks over the nodes)
@@ -361,30 +388,40 @@ def main() -> None:
     if not args.no_scale_out:
         spread_epochs = int(args.epochs.split(",")[0])
         settings += [(spread_epochs, 2, (2,), 2), (spread_epochs, 2, (1, 1), 2)]
-    def function_run() -> float:
-        print("[bench-stream] function: decode_shard_batch, one pinned core", flush=True)
-        return run_json("--function", {"shards": shard_uris}, pin=True)["clips_per_cpu_s"]
+    functions: dict[int, list[float]] = {}  # pinned cores at once -> clips per CPU-s of each run
+
+    def function_run(cores: int) -> float:
+        print(f"[bench-stream] function: decode_shard_batch on {cores} pinned core(s) at once", flush=True)
+        runs = run_json("--function", {"shards": shard_uris}, cores=cores)
+        functions.setdefault(cores, []).append(sum(r["clips"] for r in runs) / sum(r["cpu_s"] for r in runs))
+        return functions[cores][-1]
 
     # Function and stream runs alternate, and each stream run is compared with the mean of the
-    # function runs just before and after it: this machine's speed drifts by 30% over minutes.
-    functions = [function_run()]
+    # function runs just before and after it, on as many cores as it decodes on: this machine's
+    # speed drifts by 30% over minutes, and two decodes at once run slower than one.
+    before = (0, 0.0)  # (cores, clips per CPU-s) of the latest function run
     for rep in range(args.repeats):
         for setting in settings:
             epochs, cpus, layout, ranks = setting
+            if before[0] != cpus:
+                before = (cpus, function_run(cpus))
             print(f"[bench-stream] stream: epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}, "
                   f"{_consumers(ranks)} (run {rep + 1})", flush=True)
             r = measure_stream({**base, "epochs": epochs, "decode_tasks": cpus, "ranks": ranks}, list(layout))
-            functions.append(function_run())
-            r["vs_function"] = r["clips_per_cpu_s"] / statistics.mean(functions[-2:])
+            after = function_run(cpus)
+            r["vs_function"] = r["clips_per_cpu_s"] / statistics.mean([before[1], after])
+            before = (cpus, after)
             results.setdefault(setting, []).append(r)
 
     med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0] if m != "cpu_by_process"}
            for k, runs in results.items()}
     print(f"\n[bench-stream] done in {time.perf_counter() - t_start:.0f} s; {args.segments} segments in {args.shards} shards, "
           f"clips {CLIP_FRAMES}x{CLIP_SIZE}x{CLIP_SIZE} with the masks of {Path(args.config).name}, batch {args.batch_size}, "
-          f"median of {args.repeats} runs\n")
-    print(f"function (`decode_shard_batch`, 1 pinned core): {statistics.median(functions):.1f} clips per CPU-second "
-          f"(runs: {[round(f, 1) for f in functions]})\n")
+          f"{args.clips} clips measured after {args.warmup_clips} past the first batch, median of {args.repeats} runs\n")
+    for cores, runs in sorted(functions.items()):
+        print(f"function (`decode_shard_batch`) on {cores} pinned core(s) at once: {statistics.median(runs):.1f} clips "
+              f"per CPU-second (runs: {[round(f, 1) for f in runs]})")
+    print()
     print("| epochs | decode CPUs | nodes | consumers | stream clips per CPU-s | vs function (runs) | clips per wall-s | first batch s (max) | build s |")
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
     for (epochs, cpus, layout, ranks), m in med.items():
@@ -393,10 +430,10 @@ def main() -> None:
               f"{m['vs_function']:.2f}x ({', '.join(format(r['vs_function'], '.2f') for r in runs)}) | "
               f"{m['clips_per_s']:.1f} | {m['first_batch_s']:.1f} ({max(r['first_batch_s'] for r in runs):.1f}) | "
               f"{m['build_s']:.1f} |")
-    print("\nCPU seconds by process after the first batch (the last run of each setting; ray:: are Ray workers):")
+    print("\nCPU seconds by process over the measured clips (the last run of each setting; ray:: are Ray workers):")
     for (epochs, cpus, layout, ranks), runs in results.items():
         print(f"- epochs {epochs}, {cpus} decode CPUs on nodes {list(layout)}, {_consumers(ranks)}: {runs[-1]['cpu_by_process']}")
-    summary = {"function_clips_per_cpu_s": functions,
+    summary = {"function_clips_per_cpu_s": {str(k): v for k, v in functions.items()},
                "stream": [{"epochs": e, "decode_cpus": c, "nodes": list(l), "ranks": r, **m} for (e, c, l, r), m in med.items()]}
     if not args.no_scale_out:
         one, two = results[(spread_epochs, 2, (2,), 2)], results[(spread_epochs, 2, (1, 1), 2)]
