@@ -8,7 +8,6 @@ from av.video.reformatter import VideoReformatter
 from decode_counter import CountingContainer
 
 from pipelines.av_streams import frame_rgb
-
 from pipelines.shards import decode_segment
 from pipelines.video import VideoDecodeError, decode_clip, encode_mp4, probe
 
