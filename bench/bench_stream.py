@@ -59,9 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=3, help="shard files")
     p.add_argument("--config", default=str(ROOT / "configs/vitl16.yaml"), help="run config whose clip spec and masks to use")
     p.add_argument("--epochs", default="12,100", help="epoch counts the dataset is built with (comma-separated)")
-    p.add_argument("--clips", type=int, default=384, help="clips consumed per stream measurement")
+    p.add_argument("--clips", type=int, default=384, help="clips measured per stream run, after the warm-up")
     p.add_argument("--warmup-clips", type=int, default=192,
-                   help="clips consumed after the first batch before the measurement starts (default: one pass)")
+                   help="clips consumed after the first batch before the measurement starts (192: one pass over the default segments)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per consumer batch")
     p.add_argument("--rows-per-range", type=int, default=32, help="shard rows per read-and-decode task")
     p.add_argument("--decode-cpus", default="1,2", help="CPUs for decode, one measurement each (comma-separated)")
