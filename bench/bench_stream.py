@@ -269,33 +269,29 @@ def stream_worker(job: dict) -> dict:
     built = time.time()
     shape = (cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, 3)
     ranks = job.get("ranks", 0)
-    marks = (job["batch_size"], job["batch_size"] + job["warmup"], job["batch_size"] + job["warmup"] + job["clips"])
+    b, share = job["batch_size"], max(ranks, 1)  # each consumer's marks: first batch, warmed up, done
+    marks = (b, b + job["warmup"] // share, b + (job["warmup"] + job["clips"]) // share)
     if not ranks:
         consumer = consume(ds, marks, shape)
-        _, first = next(consumer)
-        n_start, start = next(consumer)
-        cpu_start = cpu.read()
-        n_end, end = next(consumer)
+        next_mark = consumer.__next__
     else:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         hints = [nodes[i % len(nodes)] for i in range(ranks)]
         remote = ray.remote(num_cpus=0)(consume)
-        b = job["batch_size"]
-        rank_marks = (b, b + job["warmup"] // ranks, b + (job["warmup"] + job["clips"]) // ranks)
         consumers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-                         split, rank_marks, shape)
+                         split, marks, shape)
                      for split, node in zip(ds.streaming_split(ranks, equal=True, locality_hints=hints), hints)]
 
-        def all_ranks() -> tuple[int, float]:  # a training step needs every rank's batch
+        def next_mark() -> tuple[int, float]:  # a training step needs every rank's batch
             done = ray.get([next(c) for c in consumers])
             return sum(d[0] for d in done), max(d[1] for d in done)
 
-        _, first = all_ranks()
-        n_start, start = all_ranks()
-        cpu_start = cpu.read()
-        n_end, end = all_ranks()
+    _, first = next_mark()
+    n_start, start = next_mark()
+    cpu_start = cpu.read()
+    n_end, end = next_mark()
     cpu_end = cpu.stop()
     ray.shutdown()
     by_name = cpu.by_name(cpu_end, cpu_start)
@@ -397,8 +393,8 @@ def main() -> None:
         return functions[cores][-1]
 
     # Function and stream runs alternate, and each stream run is compared with the mean of the
-    # function runs just before and after it, on as many cores as it decodes on: this machine's
-    # speed drifts by 30% over minutes, and two decodes at once run slower than one.
+    # function runs just before and after it, on as many cores as it decodes on (so both see the
+    # same load on the cores): this machine's speed drifts by 30% over minutes.
     before = (0, 0.0)  # (cores, clips per CPU-s) of the latest function run
     for rep in range(args.repeats):
         for setting in settings:
