@@ -265,6 +265,9 @@ def stream_worker(job: dict) -> dict:
     from pipelines.shard_clips import shard_clip_dataset
 
     cfg = load_config(job["config"])
+    # Usage stats off here as on the bench's nodes (`--disable-usage-stats`); with them on, Ray Data
+    # starts a usage-collection actor per cluster whose CPU would count against the stream.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(address=job["address"], logging_level="ERROR", log_to_driver=False)
     cpu = TreeCPU(job["roots"] + [os.getpid()])
     t0 = time.time()
