@@ -343,13 +343,11 @@ def run_json(flag: str, job: dict, cores: int = 0) -> list[dict]:
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                               preexec_fn=None if core is None else (lambda c=core: os.sched_setaffinity(0, {c})))
              for core in pins]
-    answers = []
-    for proc in procs:
-        out, err = proc.communicate()
+    outputs = [proc.communicate() for proc in procs]  # every process ends before any failure is raised
+    for proc, (_, err) in zip(procs, outputs):
         if proc.returncode != 0:
             raise RuntimeError(f"{flag} failed:\n{err[-4000:]}")
-        answers.append(json.loads(out.strip().splitlines()[-1]))
-    return answers
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
 
 
 def measure_stream(job: dict, layout: list[int]) -> dict:
