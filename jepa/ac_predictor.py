@@ -87,6 +87,7 @@ class ACPredictor(nn.Module):
         self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
         self.register_buffer("state_mean", torch.zeros(state_dim))
         self.register_buffer("state_std", torch.ones(state_dim))
+        self.register_buffer("change_std", torch.ones(embed_dim))  # per channel, for the change_mse loss
         self.frame_in = nn.Linear(embed_dim, dim)
         self.action_in = nn.Linear(len(action_low), dim)
         self.state_in = nn.Linear(state_dim, dim) if state_dim else None
@@ -110,6 +111,10 @@ class ACPredictor(nn.Module):
     def set_state_stats(self, mean: Tensor, std: Tensor) -> None:
         self.state_mean.copy_(mean)
         self.state_std.copy_(std.clamp_min(1e-6))
+
+    def set_change_stats(self, std: Tensor) -> None:
+        """The spread of each token channel's one-step change in the training windows."""
+        self.change_std.copy_(std.clamp_min(1e-4))
 
     def _embed(self, z: Tensor, actions: Tensor, states: Tensor | None) -> Tensor:
         """z (B, T, N, E), actions (B, T, A), states (B, T, S) -> block tokens (B, T * P, D)."""
@@ -208,20 +213,32 @@ def layer_normed(z: Tensor) -> Tensor:
 
 
 def ac_losses(model: ACPredictor, z: Tensor, actions: Tensor, states: Tensor | None = None,
-              rollout_steps: int = 2) -> dict[str, Tensor]:
+              rollout_steps: int = 2, loss: str = "l1") -> dict[str, Tensor]:
     """Teacher forcing over every step of a window plus a ``rollout_steps`` rollout from its first
-    frame; L1 on layer-normed tokens (z (B, T, N, E) already layer-normed). A state token adds an
-    L1 term on standardised states."""
+    frame, on layer-normed tokens (z (B, T, N, E) already layer-normed): ``loss`` "l1", or
+    "change_mse" (squared error over ``model.change_std``). With L1, the many tokens an action does
+    not move pull every predicted change toward zero at full strength; the squared error in units
+    of the change lets the moving ones dominate. ``teacher_l1`` is the teacher-forcing L1 whatever
+    the loss, comparable with the copy baseline. A state token adds an L1 term on standardised
+    states."""
     T = z.shape[1]
     if not 1 <= rollout_steps <= T - 1:
         raise ValueError(f"rollout_steps must be in [1, {T - 1}] for windows of {T} steps, got {rollout_steps}")
+    if loss not in ("l1", "change_mse"):
+        raise ValueError(f"loss must be l1 or change_mse, got {loss!r}")
+
+    def frame_loss(pred: Tensor, target: Tensor) -> Tensor:
+        err = pred - target
+        return err.abs().mean() if loss == "l1" else (err / model.change_std).square().mean()
+
     s_in = None if states is None else states[:, :-1]
     tf = model(z[:, :-1], actions[:, :-1], s_in)
-    teacher = (tf.frames - z[:, 1:]).abs().mean()
+    teacher = frame_loss(tf.frames, z[:, 1:])
     roll = model.rollout(z[:, :1], actions[:, :rollout_steps], None if states is None else states[:, :1],
                          steps=rollout_steps)
-    rollout = (roll.frames - z[:, 1 : 1 + rollout_steps]).abs().mean()
-    out = {"teacher": teacher, "rollout": rollout, "loss": teacher + rollout}
+    rollout = frame_loss(roll.frames, z[:, 1 : 1 + rollout_steps])
+    out = {"teacher": teacher, "rollout": rollout, "loss": teacher + rollout,
+           "teacher_l1": (tf.frames - z[:, 1:]).detach().abs().mean()}
     if states is not None:
         scale = model.state_std
         state = ((tf.states - states[:, 1:]) / scale).abs().mean() + ((roll.states - states[:, 1 : 1 + rollout_steps]) / scale).abs().mean()
@@ -233,9 +250,9 @@ def ac_losses(model: ACPredictor, z: Tensor, actions: Tensor, states: Tensor | N
 class ACObjective(nn.Module):
     """``ac_losses`` as one module call, so a DDP wrapper sees the whole loss in its forward."""
 
-    def __init__(self, predictor: ACPredictor, rollout_steps: int = 2):
+    def __init__(self, predictor: ACPredictor, rollout_steps: int = 2, loss: str = "l1"):
         super().__init__()
-        self.predictor, self.rollout_steps = predictor, rollout_steps
+        self.predictor, self.rollout_steps, self.loss = predictor, rollout_steps, loss
 
     def forward(self, z: Tensor, actions: Tensor, states: Tensor | None = None) -> dict[str, Tensor]:
-        return ac_losses(self.predictor, z, actions, states, self.rollout_steps)
+        return ac_losses(self.predictor, z, actions, states, self.rollout_steps, self.loss)

@@ -289,6 +289,13 @@ class ACModelConfig:
     """Add a state token (qpos, qvel) per step; the predictor also predicts the next state."""
     rollout_steps: int = 2
     """Steps of the rollout loss (the predictor fed its own predictions), on top of teacher forcing."""
+    loss: Literal["l1", "change_mse"] = "l1"
+    """Frame-token loss: l1 (the reference's) on the layer-normed tokens; or change_mse, squared
+    error in units of each channel's one-step change spread (from the training windows), which
+    weighs the few tokens an action moves above the many it does not."""
+
+    def __post_init__(self) -> None:
+        check_choices(self, "model.")
 
 
 @dataclass

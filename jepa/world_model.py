@@ -107,6 +107,8 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     jepa, encoder_cfg = load_model(folder / ENCODER_DIR, device)
     cfg = from_dict(ACModelConfig, spec["model"])
     predictor = build_predictor(jepa, encoder_cfg, cfg, spec["env"])
-    predictor.load_state_dict(torch.load(folder / PREDICTOR_FILE, map_location="cpu", weights_only=True), strict=True)
+    state = torch.load(folder / PREDICTOR_FILE, map_location="cpu", weights_only=True)
+    state.setdefault("change_std", predictor.change_std)  # saved before the change_mse loss: unused
+    predictor.load_state_dict(state, strict=True)
     return WorldModel(jepa, encoder_cfg, predictor.to(device).eval(), cfg, spec["env"],
                       from_dict(PlannerConfig, spec["planner"]))

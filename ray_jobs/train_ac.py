@@ -97,6 +97,16 @@ def encode_windows(model: WorldModel, windows: list[tuple[int, Any]]) -> Episode
                          torch.tensor(np.stack([w.states for _, w in windows])))
 
 
+def change_sums(data: EpisodeTokens, chunk: int = 1024) -> tuple[torch.Tensor, int]:
+    """Per channel, the sum of squared one-step token changes over the windows, and their count."""
+    total, count = torch.zeros(data.tokens.shape[-1]), 0
+    for ids in data.frame_ids.split(chunk):
+        change = data.tokens[ids[:, 1:]].float() - data.tokens[ids[:, :-1]].float()
+        total += change.square().sum(tuple(range(change.ndim - 1)))
+        count += change[..., 0].numel()
+    return total, count
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     session = WorkerSession(loop_config)
     cfg: ACRunConfig = from_dict(ACRunConfig, loop_config["config"])
@@ -121,7 +131,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         mean = sum(p[0] for p in parts) / n
         predictor.set_state_stats(mean, (sum(p[1] for p in parts) / n - mean**2).clamp_min(0).sqrt())
 
-    objective = ray.train.torch.prepare_model(ACObjective(predictor, cfg.model.rollout_steps))
+    if cfg.model.loss == "change_mse":  # the same scale on every rank: from all ranks' windows
+        parts = gather(change_sums(data), session.world)
+        predictor.set_change_stats((sum(p[0] for p in parts) / sum(p[1] for p in parts)).sqrt())
+
+    objective = ray.train.torch.prepare_model(ACObjective(predictor, cfg.model.rollout_steps, cfg.model.loss))
     optimizer = build_optimizer(predictor, cfg.optim)
     state = session.resume(lambda folder: _load(folder, predictor, optimizer))
     t_last, steps_since = time.perf_counter(), 0
@@ -148,7 +162,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             t_last, steps_since = now, 0
             session.logger.log(metrics, step)
             session.print(f"step {step + 1}/{t.steps} loss {metrics['loss']:.4f} teacher {metrics['teacher']:.4f} "
-                          f"rollout {metrics['rollout']:.4f} (copy {metrics['copy_baseline']:.4f}) lr {lr:.2e}")
+                          f"rollout {metrics['rollout']:.4f} teacher L1 {metrics['teacher_l1']:.4f} "
+                          f"(copy {metrics['copy_baseline']:.4f}) lr {lr:.2e}")
         if session.checkpoint_due(state):
             session.save_checkpoint(state, {"step": state.step, "loss": float(losses["loss"])},
                                     save=lambda folder: _save(folder, predictor, optimizer, state))

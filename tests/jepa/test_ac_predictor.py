@@ -67,8 +67,10 @@ def test_rollout_feeds_back_predictions_and_shares_history():
         torch.testing.assert_close(out.frames[i], zs[0, C:], atol=1e-4, rtol=1e-4)
 
 
-def test_losses_train_toward_a_simple_world():
-    """Frames show a point that each action moves: teacher forcing and rollout both fall."""
+@pytest.mark.parametrize("loss", ["l1", "change_mse"])
+def test_losses_train_toward_a_simple_world(loss):
+    """Frames show a point that each action moves: teacher forcing and rollout both fall, and the
+    predictor beats "nothing moves" in L1 whichever loss trains it."""
     torch.manual_seed(0)
     model = ACPredictor(E, GRID, [-1.0, -1.0], [1.0, 1.0], dim=32, depth=2, num_heads=2)
     proj = 0.5 * torch.randn(A, GRID[0] * GRID[1] * E)
@@ -79,20 +81,35 @@ def test_losses_train_toward_a_simple_world():
         z = layer_normed(torch.tanh((torch.cumsum(a, 1) - a) @ proj).unflatten(-1, (GRID[0] * GRID[1], E)))
         return z, a
 
+    z, _ = batch()
+    model.set_change_stats((z[:, 1:] - z[:, :-1]).square().mean((0, 1, 2)).sqrt())
     first = None
     for _ in range(400):
         z, a = batch()
-        losses = ac_losses(model, z, a, rollout_steps=2)
+        losses = ac_losses(model, z, a, rollout_steps=2, loss=loss)
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
         first = first or {k: v.item() for k, v in losses.items()}
     z, a = batch()
     with torch.no_grad():
-        last = ac_losses(model, z, a, rollout_steps=2)
+        last = ac_losses(model, z, a, rollout_steps=2, loss=loss)
     copy = (z[:, 1:] - z[:, :-1]).abs().mean()  # "nothing moves": what an action-blind model can do
-    assert last["teacher"] < min(0.6 * first["teacher"], 0.8 * copy)
+    assert last["teacher"] < 0.6 * first["teacher"]
+    assert last["teacher_l1"] < min(0.6 * first["teacher_l1"], 0.8 * copy)
     assert last["rollout"] < 0.7 * first["rollout"]
+
+
+def test_change_mse_weighs_errors_by_the_change_spread():
+    model, (z, a, s) = make(), inputs()
+    model.set_change_stats(torch.full((E,), 0.5))
+    half = ac_losses(model, z, a, s, rollout_steps=2, loss="change_mse")
+    model.set_change_stats(torch.full((E,), 1.0))
+    one = ac_losses(model, z, a, s, rollout_steps=2, loss="change_mse")
+    torch.testing.assert_close(half["teacher"], 4 * one["teacher"])
+    torch.testing.assert_close(half["teacher_l1"], one["teacher_l1"])
+    with pytest.raises(ValueError, match="l1 or change_mse"):
+        ac_losses(model, z, a, s, rollout_steps=2, loss="l2")
 
 
 def test_bad_shapes_are_clear():

@@ -1,11 +1,14 @@
 """`jepa train-ac` end to end: MuJoCo episodes recorded to SeaweedFS, cut into windows, a tiny
 registered encoder, two Ray Train workers, and a registered world model that loads and imagines."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from jepa.world_model import load_world_model
+from jepa.world_model import PREDICTOR_FILE, load_world_model
 from pipelines.episode_shards import WindowSpec, ingest_episodes
 from pipelines.mujoco_record import RecordConfig, record
 from ray_jobs import tracking
@@ -24,7 +27,7 @@ def windows_uri(s3_env, ray_local):
     return windows
 
 
-def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_env, capsys):
+def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_env, capsys, tmp_path):
     encoder = register_tiny("jepa-ac-encoder", ["model.num_frames=1", "data.modality=image"])
     main(["train-ac", "--config", "configs/reacher-ac.yaml", f"model.encoder={encoder}",
           f"data.dataset={windows_uri}", "model.dim=32", "model.depth=1", "model.num_heads=2", "model.pool=2",
@@ -41,10 +44,18 @@ def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_e
     assert [m.step for m in history] == [0, 2, 4, 5]
     assert MlflowClient().get_run(run_id).data.tags["jepa.encoder"] == encoder
 
-    world = load_world_model(tracking.download_checkpoint("models:/jepa-ac-test@candidate"))
+    folder = Path(tracking.download_checkpoint("models:/jepa-ac-test@candidate"))
+    world = load_world_model(folder)
     assert world.env["domain"] == "reacher" and world.env["frameskip"] == 5 and world.env["img_size"] == 32
     assert world.predictor.grid == (2, 2)  # 32 px / patch 8 = 4x4 tokens, pooled by 2
     assert torch.all(world.predictor.state_std != 1)  # the state statistics came from the data
+    assert world.cfg.loss == "change_mse" and torch.all(world.predictor.change_std != 1)  # and the change's
+
+    old = shutil.copytree(folder, tmp_path / "old")  # saved before the change loss: no change_std, still loads
+    state = torch.load(old / PREDICTOR_FILE, weights_only=True)
+    del state["change_std"]
+    torch.save(state, old / PREDICTOR_FILE)
+    assert torch.all(load_world_model(old).predictor.change_std == 1)
     frames = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
     z = world.encode(frames)
     assert z.shape == (2, 4, world.jepa.encoder.embed_dim)
