@@ -67,6 +67,10 @@ class ModelConfig:
     """Each prediction starts from the latest context token at its place (layer-normed; with a
     future mask, the last context step), and the predictor learns only the change: at init it
     predicts "nothing moves". Off in the reference, whose predictions start from mask tokens."""
+    loss: Literal["l1", "mse"] = "l1"
+    """Regression loss on the layer-normed targets: l1 (the reference's) or mse (I-JEPA's). Under L1
+    every token an exact copy already predicts pulls the predicted change toward zero as hard as a
+    moving token pulls it away; under MSE a token pulls in proportion to its error."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
     init_from: str = ""

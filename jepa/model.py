@@ -19,10 +19,12 @@ class JEPA(nn.Module):
     module in DDP; the target encoder's parameters do not require grad, so DDP skips them and
     the optimizer never sees them. Only `jepa.ema.ema_update` changes the target encoder."""
 
-    def __init__(self, encoder: VisionTransformer, predictor: Predictor, token_grid: tuple[int, int, int]):
+    def __init__(self, encoder: VisionTransformer, predictor: Predictor, token_grid: tuple[int, int, int],
+                 loss: str = "l1"):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.loss = loss
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self._token_grid = token_grid
 
@@ -43,7 +45,7 @@ class JEPA(nn.Module):
         for i, m in enumerate(masks):
             z = self.encoder(clips, keep=m.context)  # (B, Nc, D)
             pred = self.predictor(z, m.context, m.target, grid, mask_index=i)  # (B, Nt, D)
-            losses.append(jepa_loss(pred, gather_tokens(targets, m.target)))
+            losses.append(jepa_loss(pred, gather_tokens(targets, m.target), self.loss))
         normed = normalize_targets(targets)
         return {
             "loss": torch.stack(losses).mean(),
@@ -91,4 +93,4 @@ def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
         activation_checkpointing=model_cfg.activation_checkpointing,
         copy_context=model_cfg.pred_copy_context,
     )
-    return JEPA(encoder, predictor, token_grid(model_cfg))
+    return JEPA(encoder, predictor, token_grid(model_cfg), loss=model_cfg.loss)

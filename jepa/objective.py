@@ -17,9 +17,15 @@ def normalize_targets(features: Tensor) -> Tensor:
     return F.layer_norm(features, (features.shape[-1],))
 
 
-def jepa_loss(pred: Tensor, target_tokens: Tensor) -> Tensor:
-    """Mean L1 between predictions and layer-normed target features, both (B, Nt, D)."""
-    return (pred - normalize_targets(target_tokens)).abs().mean()
+def jepa_loss(pred: Tensor, target_tokens: Tensor, kind: str = "l1") -> Tensor:
+    """Mean L1 (or, with ``kind="mse"``, squared error) between predictions and layer-normed
+    target features, both (B, Nt, D)."""
+    err = pred - normalize_targets(target_tokens)
+    if kind == "l1":
+        return err.abs().mean()
+    if kind == "mse":
+        return err.square().mean()
+    raise ValueError(f"loss must be l1 or mse, got {kind!r}")
 
 
 def feature_std(features: Tensor) -> Tensor:

@@ -155,7 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steps_since += 1
         if session.logger and session.logger.due(step):
             now = time.perf_counter()
-            metrics = {k: float(v) for k, v in losses.items()}
+            metrics = {k: float(v.detach()) for k, v in losses.items()}
             # what an action-blind model gets by predicting "nothing moves": the bar to beat
             metrics["copy_baseline"] = float((z[:, 1:] - z[:, :-1]).abs().mean())
             metrics["lr"], metrics["windows_per_s"] = lr, steps_since * t.batch_size * session.world / (now - t_last)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +12,15 @@ def test_loss_is_l1_to_layer_normed_targets():
     assert torch.allclose(jepa_loss(pred, target), expected)
     # scale and offset of the targets do not matter, only their per-token shape
     assert torch.allclose(jepa_loss(pred, target * 7 - 2), expected, atol=1e-5)
+
+
+def test_mse_loss_is_squared_error_to_layer_normed_targets():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 5, 16), torch.randn(2, 5, 16) * 3 + 1
+    expected = (pred - F.layer_norm(target, (16,))).square().mean()
+    assert torch.allclose(jepa_loss(pred, target, "mse"), expected)
+    with pytest.raises(ValueError, match="l1 or mse"):
+        jepa_loss(pred, target, "huber")
 
 
 def test_loss_zero_at_normalized_targets():
