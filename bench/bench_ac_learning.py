@@ -100,8 +100,8 @@ def evaluate(pred: ACPredictor, z, a, s, test, frames: int) -> dict[str, float]:
             "actions": float(np.mean(wins))}
 
 
-def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args, overrides: list[str]) -> None:
-    cfg = load_ac_config(args.config, [*overrides, f"model.loss={loss}"])
+def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> None:
+    cfg = load_ac_config(args.config, [*args.overrides, f"model.loss={loss}"])
     torch.manual_seed(cfg.train.seed)
     pred = build_predictor(world.jepa, world.encoder_cfg, cfg.model, world.env)
     if pred.state_dim:
@@ -153,7 +153,7 @@ def main() -> None:
           f"batch {cfg.train.batch_size}\n")
     print("| loss | step | pred/copy | moving | actions | s |\n|---|---:|---:|---:|---:|---:|")
     for loss in args.losses.split(","):
-        train(world, z, a, s, train_eps, test_eps, loss, args, args.overrides)
+        train(world, z, a, s, train_eps, test_eps, loss, args)
 
 
 if __name__ == "__main__":
