@@ -12,6 +12,8 @@ steps prints, on held-out episodes:
   last frame's tokens, the planner's energy) to the window's true last frame than the rollout
   with another window's actions: what planning needs; an action-blind model gets ties (0.5).
 
+The same two on training episodes tell overfitting (train far better) from underfitting.
+
     MUJOCO_GL=egl jepa synth mujoco --episodes 120 --out /tmp/reacher-episodes
     python bench/bench_ac_learning.py --episodes /tmp/reacher-episodes --steps 2000 --losses l1,change_mse
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa.ac_predictor import ACPredictor, ac_losses  # noqa: E402
-from jepa.config import PlannerConfig, load_ac_config, load_config  # noqa: E402
+from jepa.config import load_ac_config, load_config  # noqa: E402
 from jepa.optim import build_optimizer, lr_at  # noqa: E402
-from jepa.world_model import WorldModel, build_predictor  # noqa: E402
+from jepa.world_model import WorldModel, build_predictor, save_world_model  # noqa: E402
 from pipelines import storage  # noqa: E402
 from pipelines.episode_shards import WindowSpec, check_episode  # noqa: E402
 from pipelines.episodes import EnvSpec, data_uri, read_info, video_uri  # noqa: E402
@@ -50,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2000, help="training steps per loss")
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--save", help="save the last loss's world model to this folder (for `jepa eval plan --model FOLDER`)")
     p.add_argument("overrides", nargs="*", help="AC config overrides, key=value (e.g. model.pool=1)")
     return p.parse_args()
 
@@ -100,7 +104,7 @@ def evaluate(pred: ACPredictor, z, a, s, test, frames: int) -> dict[str, float]:
             "actions": float(np.mean(wins))}
 
 
-def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> None:
+def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> ACPredictor:
     cfg = load_ac_config(args.config, [*args.overrides, f"model.loss={loss}"])
     torch.manual_seed(cfg.train.seed)
     pred = build_predictor(world.jepa, world.encoder_cfg, cfg.model, world.env)
@@ -116,9 +120,9 @@ def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> N
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
             pred.eval()
-            m = evaluate(pred, z, a, s, test_eps, frames)
+            m, fit = evaluate(pred, z, a, s, test_eps, frames), evaluate(pred, z, a, s, train_eps, frames)
             print(f"| {loss} | {step} | {m['pred/copy']:.3f} | {m['moving']:.3f} | {m['actions']:.3f} | "
-                  f"{time.time() - t0:.0f} |", flush=True)
+                  f"{fit['pred/copy']:.3f} | {fit['actions']:.3f} | {time.time() - t0:.0f} |", flush=True)
             pred.train()
         if step == args.steps:
             break
@@ -130,6 +134,7 @@ def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> N
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
+    return pred.eval()
 
 
 def main() -> None:
@@ -143,7 +148,7 @@ def main() -> None:
     else:
         loaded = load_evaluated_model(args.encoder)
         jepa, enc_cfg = loaded.model, loaded.cfg
-    world = WorldModel(jepa, enc_cfg, build_predictor(jepa, enc_cfg, cfg.model, env), cfg.model, env, PlannerConfig())
+    world = WorldModel(jepa, enc_cfg, build_predictor(jepa, enc_cfg, cfg.model, env), cfg.model, env, cfg.planner)
     frames = cfg.data.frames or WindowSpec.frames
     z, a, s = load_tokens(world, args.episodes, args.count, EnvSpec.from_dict(env), frames)
     held_out = max(1, args.count // 6)
@@ -151,9 +156,13 @@ def main() -> None:
     print(f"\n{args.count - held_out} training and {held_out} held-out episodes of {z.shape[1]} agent steps, "
           f"{z.shape[2]} tokens per frame (encoder: {args.encoder}), windows of {frames} steps, "
           f"batch {cfg.train.batch_size}\n")
-    print("| loss | step | pred/copy | moving | actions | s |\n|---|---:|---:|---:|---:|---:|")
+    print("| loss | step | pred/copy | moving | actions | train pred/copy | train actions | s |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for loss in args.losses.split(","):
-        train(world, z, a, s, train_eps, test_eps, loss, args)
+        pred = train(world, z, a, s, train_eps, test_eps, loss, args)
+    if args.save:
+        world.predictor, world.cfg = pred, replace(cfg.model, loss=loss)
+        print(f"saved {save_world_model(world, args.save)}")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def _eval_plan(args: argparse.Namespace) -> None:
     connect()
     try:
         report, ref = evaluate_plan(args.model, env=args.env, episodes=args.episodes, policies=policies,
-                                    planner=planner, progress=not args.no_progress)
+                                    planner=planner, progress=not args.no_progress, seed_base=args.seed_base)
     except ValueError as err:  # not an action-conditioned model, another env, a bad planner setting
         raise UsageError(str(err)) from None
     _eval_output(args, ref, report, record)
@@ -493,6 +493,8 @@ def _add_eval(sub) -> None:
     plan.add_argument("--env", help="the environment (default: the one the model was trained on)")
     plan.add_argument("--episodes", type=int, default=50, help="held-out goals per policy")
     plan.add_argument("--policies", default="world-model,random,simulator-cem", help="comma-separated policies")
+    plan.add_argument("--seed-base", type=int, default=1_000_000,
+                      help="goal i comes from seed SEED_BASE + i; tune planner settings on another base than the one you report")
     for name in ("samples", "elites", "iterations", "horizon", "replan-every"):
         plan.add_argument(f"--{name}", type=int, help=f"CEM {name.replace('-', ' ')} (default: the model's planner config)")
     plan.set_defaults(func=_eval_plan)

@@ -188,9 +188,11 @@ class PlanReport:
 
 
 def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, policies: tuple[str, ...] = POLICIES,
-                  planner: dict[str, Any] | None = None, progress: bool = True) -> tuple[PlanReport, ModelRef]:
+                  planner: dict[str, Any] | None = None, progress: bool = True,
+                  seed_base: int = Protocol.seed_base) -> tuple[PlanReport, ModelRef]:
     """Run every policy on goals 0..episodes-1 as Ray tasks of up to ``EPISODES_PER_TASK`` episodes
-    each (the world model loads once per task) and collect a report."""
+    each (the world model loads once per task) and collect a report. Goals come from seeds
+    ``seed_base + episode``: tune planner settings on another base than the one reported."""
     import ray
 
     from jepa.config import from_dict
@@ -200,7 +202,7 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
     if env is not None and env != spec["domain"]:
         raise ValueError(f"{model_uri} was trained on {spec['domain']}, not {env}")
     cfg = from_dict(PlannerConfig, {**asdict(world.planner), **(planner or {})})
-    p = Protocol(env=spec["domain"], frameskip=spec["frameskip"], img_size=spec["img_size"])
+    p = Protocol(env=spec["domain"], frameskip=spec["frameskip"], img_size=spec["img_size"], seed_base=seed_base)
     task = ray.remote(num_cpus=1)(run_episodes)
     chunks = [list(range(i, min(i + EPISODES_PER_TASK, episodes))) for i in range(0, episodes, EPISODES_PER_TASK)]
     policy_of = {task.remote(model_uri, policy, p, cfg, chunk, STRIP_EPISODES): (policy, len(chunk))
@@ -211,7 +213,7 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
     for rs in results.values():
         rs.sort(key=lambda r: r.episode)
     starts = [r.start_distance for r in next(iter(results.values()))]
-    settings = {"env": p.env, "episodes": episodes, "goal_steps": p.goal_steps, "budget": p.budget,
+    settings = {"env": p.env, "episodes": episodes, "seed_base": p.seed_base, "goal_steps": p.goal_steps, "budget": p.budget,
                 "frameskip": p.frameskip, "img_size": p.img_size, "tolerance": TOLERANCE[p.env],
                 "start_distance_median": float(np.median(starts)), "planner": asdict(cfg),
                 "simulator_cem": asdict(SIMULATOR_CEM)}

@@ -23,6 +23,8 @@ def test_goals_are_reproducible_and_away_from_the_start():
     np.testing.assert_array_equal(a.qpos, b.qpos)
     assert a.start_distance > 0.05 and a.image.shape == (32, 32, 3)
     assert not np.array_equal(make_goal(p, 4).qpos, a.qpos)
+    tuning = make_goal(Protocol(img_size=32, seed_base=2_000_000), 3)  # another goal set for tuning
+    assert tuning.seed == 2_000_003 and not np.array_equal(tuning.qpos, a.qpos)
 
 
 def test_episode_starts_where_the_goal_run_started_and_detects_success():

@@ -21,6 +21,7 @@ def test_eval_plan_json_and_mlflow_run(tmp_path, ray_local, mlflow_env, capsys):
 
     assert set(result["policies"]) == {"world-model", "random", "simulator-cem"}
     assert result["settings"]["env"] == "reacher" and result["settings"]["budget"] == 50
+    assert result["settings"]["seed_base"] == 1_000_000  # the reported goals; --seed-base tunes on others
     assert result["settings"]["planner"]["samples"] == 16  # the model's own planner config
     for policy, s in result["policies"].items():
         assert s["episodes"] == 2 and 0 <= s["low"] <= s["success"] <= s["high"] <= 1
