@@ -15,7 +15,7 @@ LOCK_NOTE := \# torch is pinned without its +cpu tag: the CPU wheel where pip fi
 # pip finds no CPU torch wheel: without it, setup installs PyPI's CUDA torch (GBs of nvidia-* wheels)
 TORCH_INDEX ?=
 
-.PHONY: help setup system-deps lock demo physics reacher test test-unit bench bench-data bench-stream bench-train bench-serve bench-fuzz bench-plan bench-gpu test-serve-file stack-up stack-down stack-status clean
+.PHONY: help setup system-deps lock demo physics reacher point-mass test test-unit bench bench-data bench-stream bench-train bench-serve bench-fuzz bench-plan bench-gpu test-serve-file stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise 
 
 reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (figures and status: BENCHMARKS.md)
 	$(JEPA) demo --recipe reacher
+
+point-mass: setup ## the same world-model recipe on DMC point_mass (the second environment)
+	$(JEPA) demo --recipe point-mass
 
 # pytest-xdist workers, each with its own stack and Ray on its own ports (tests/conftest.py), a
 # test file per worker at a time (module fixtures train once): the suite mostly waits on servers,

@@ -10,7 +10,10 @@ steps prints, on held-out episodes:
 - **moving**: the same over the 10% of tokens that change most, the arm's;
 - **actions**: the share of windows whose rollout with their own actions ends closer (L1 over the
   last frame's tokens, the planner's energy) to the window's true last frame than the rollout
-  with another window's actions: what planning needs; an action-blind model gets ties (0.5).
+  with another window's actions: what planning needs; an action-blind model gets ties (0.5);
+- **roll@H**: the L1 of a rollout over the planner's horizon H (its own actions) to the true frame
+  H steps on, over that of the first frame copied forward: how much of the motion the planner's
+  imagination still gets right where its energy is read.
 
 The same two on training episodes tell overfitting (train far better) from underfitting.
 
@@ -82,10 +85,11 @@ def windows(episodes: torch.Tensor, steps: int, frames: int, batch: int, rng: np
 
 
 @torch.no_grad()
-def evaluate(pred: ACPredictor, z, a, s, test, frames: int) -> dict[str, float]:
-    e, t = windows(test, z.shape[1], frames, 512, np.random.default_rng(1))
-    zw, aw = z[e, t].float(), a[e, t]
-    sw = s[e, t] if pred.state_dim else None
+def evaluate(pred: ACPredictor, z, a, s, test, frames: int, horizon: int) -> dict[str, float]:
+    e, t = windows(test, z.shape[1], max(frames, horizon + 1), 512, np.random.default_rng(1))
+    zl, al = z[e, t].float(), a[e, t]
+    sl = s[e, t] if pred.state_dim else None
+    zw, aw, sw = zl[:, :frames], al[:, :frames], None if sl is None else sl[:, :frames]
     tf = pred(zw[:, :-1], aw[:, :-1], None if sw is None else sw[:, :-1])
     change = (zw[:, 1:] - zw[:, :-1]).abs()
     err = (tf.frames - zw[:, 1:]).abs()
@@ -99,9 +103,11 @@ def evaluate(pred: ACPredictor, z, a, s, test, frames: int) -> dict[str, float]:
     own = energy(aw)
     wins = [((own < other).float() + 0.5 * (own == other).float()).mean().item()
             for other in (energy(aw.roll(shift, 0)) for shift in (1, 2, 3))]
+    far = pred.rollout(zl[:, :1], al[:, :horizon], s0, steps=horizon).frames[:, -1]
     return {"pred/copy": (err.mean() / change.mean()).item(),
             "moving": (err.mean(-1)[moving].mean() / change.mean(-1)[moving].mean()).item(),
-            "actions": float(np.mean(wins))}
+            "actions": float(np.mean(wins)),
+            "roll@H": ((far - zl[:, horizon]).abs().mean() / (zl[:, 0] - zl[:, horizon]).abs().mean()).item()}
 
 
 def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> ACPredictor:
@@ -120,9 +126,10 @@ def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> A
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
             pred.eval()
-            m, fit = evaluate(pred, z, a, s, test_eps, frames), evaluate(pred, z, a, s, train_eps, frames)
+            m, fit = (evaluate(pred, z, a, s, eps, frames, cfg.planner.horizon) for eps in (test_eps, train_eps))
             print(f"| {loss} | {step} | {m['pred/copy']:.3f} | {m['moving']:.3f} | {m['actions']:.3f} | "
-                  f"{fit['pred/copy']:.3f} | {fit['actions']:.3f} | {time.time() - t0:.0f} |", flush=True)
+                  f"{m['roll@H']:.3f} | {fit['pred/copy']:.3f} | {fit['actions']:.3f} | {time.time() - t0:.0f} |",
+                  flush=True)
             pred.train()
         if step == args.steps:
             break
@@ -156,8 +163,8 @@ def main() -> None:
     print(f"\n{args.count - held_out} training and {held_out} held-out episodes of {z.shape[1]} agent steps, "
           f"{z.shape[2]} tokens per frame (encoder: {args.encoder}), windows of {frames} steps, "
           f"batch {cfg.train.batch_size}\n")
-    print("| loss | step | pred/copy | moving | actions | train pred/copy | train actions | s |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| loss | step | pred/copy | moving | actions | roll@{cfg.planner.horizon} | train pred/copy | train actions | s |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for loss in args.losses.split(","):
         pred = train(world, z, a, s, train_eps, test_eps, loss, args)
     if args.save:

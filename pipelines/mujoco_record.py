@@ -25,6 +25,10 @@ ENVS: dict[str, tuple[str, str, int]] = {
 }
 """``--env`` name -> (dm_control domain, task, camera id). Camera 0 is each domain's fixed top view."""
 
+EXPLORE_HOLD: dict[str, int] = {"reacher": 1, "point_mass": 5}
+"""Agent steps each uniform-random draw of a recording is held. The point mass is heavily damped
+(about 0.1 per second at full force): with a new draw every agent step it hardly leaves its start."""
+
 
 @dataclass(frozen=True)
 class RecordConfig:
@@ -80,11 +84,11 @@ def render(env, spec: EnvSpec) -> np.ndarray:
     return env.physics.render(spec.img_size, spec.img_size, camera_id=spec.camera_id)
 
 
-def random_actions(spec: EnvSpec, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """(steps, A): one uniform draw per agent step, held for ``frameskip`` control steps."""
-    agent_steps = -(-steps // spec.frameskip)
-    draws = rng.uniform(spec.action_low, spec.action_high, size=(agent_steps, spec.action_dim))
-    return np.repeat(draws, spec.frameskip, axis=0)[:steps].astype(np.float32)
+def random_actions(spec: EnvSpec, steps: int, rng: np.random.Generator, hold: int = 1) -> np.ndarray:
+    """(steps, A): one uniform draw per ``hold`` agent steps of ``frameskip`` control steps each."""
+    per_draw = spec.frameskip * hold
+    draws = rng.uniform(spec.action_low, spec.action_high, size=(-(-steps // per_draw), spec.action_dim))
+    return np.repeat(draws, per_draw, axis=0)[:steps].astype(np.float32)
 
 
 def rollout(env, spec: EnvSpec, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,7 +107,7 @@ def render_episode(cfg: RecordConfig, index: int) -> tuple[EnvSpec, np.ndarray, 
     env = load_env(cfg.env, seed)
     env.reset()
     spec = env_spec(cfg.env, env, cfg.img_size, cfg.frameskip)
-    actions = random_actions(spec, cfg.steps, np.random.default_rng(seed))
+    actions = random_actions(spec, cfg.steps, np.random.default_rng(seed), EXPLORE_HOLD[cfg.env])
     return spec, actions, *rollout(env, spec, actions)
 
 
@@ -129,7 +133,8 @@ def record(cfg: RecordConfig, out_uri: str, progress: bool = True, task_cpus: fl
     rows = [row for _, row in finished(refs, f"{cfg.env} episodes", "episode", progress)]
     rows.sort(key=lambda r: r["episode_index"])
     episodes = pa.Table.from_pylist(rows)
-    recording = {**asdict(cfg), "policy": "uniform random, each draw held for frameskip control steps",
+    recording = {**asdict(cfg), "hold": EXPLORE_HOLD[cfg.env],
+                 "policy": "uniform random, each draw held for hold agent steps of frameskip control steps",
                  "dm_control_env": list(ENVS[cfg.env][:2])}
     write_meta(out_uri, spec, recording, episodes, settings)
     return episodes

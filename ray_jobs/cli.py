@@ -330,14 +330,14 @@ def _demo(args: argparse.Namespace) -> None:
         run_physics(config=args.config or "configs/physics.yaml", overrides=args.overrides,
                     report=args.report or "physics-report.md")
         return
-    if args.recipe == "reacher":
-        from ray_jobs.reacher_recipe import RecipeSizes, run_reacher
+    if args.recipe in ("reacher", "point-mass"):
+        from ray_jobs.world_model_recipe import RecipeSizes, run_world_model
 
         if args.episodes < 1 or args.eval_episodes < 1:
             raise UsageError("--episodes and --eval-episodes must be >= 1")
-        run_reacher(encoder_config=args.config or "configs/reacher.yaml", overrides=args.overrides,
-                    sizes=RecipeSizes(episodes=args.episodes, eval_episodes=args.eval_episodes),
-                    report=args.report or "reacher-report.md")
+        run_world_model(args.recipe, encoder_config=args.config, overrides=args.overrides,
+                        sizes=RecipeSizes(episodes=args.episodes, eval_episodes=args.eval_episodes),
+                        report=args.report)
         return
     from ray_jobs.demo import run_demo
 
@@ -572,18 +572,18 @@ def _add_demo(sub) -> None:
                           description="embed (default): synthesise, pretrain, register, serve, embed over HTTP. "
                                       "physics: synthesise training videos, violation pairs and probe videos, "
                                       "pretrain with configs/physics.yaml, then `eval surprise` and `eval probe`. "
-                                      "reacher: record MuJoCo episodes, pretrain the encoder (configs/reacher.yaml), "
-                                      "train the action-conditioned predictor (configs/reacher-ac.yaml), then "
-                                      "`eval plan`.")
-    demo.add_argument("--recipe", choices=("embed", "physics", "reacher"), default="embed", help="which flow to run")
+                                      "reacher, point-mass: record MuJoCo episodes, pretrain the encoder "
+                                      "(configs/RECIPE.yaml), train the action-conditioned predictor "
+                                      "(configs/RECIPE-ac.yaml), then `eval plan`.")
+    demo.add_argument("--recipe", choices=("embed", "physics", "reacher", "point-mass"), default="embed",
+                      help="which flow to run")
     demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate (embed)")
-    demo.add_argument("--episodes", type=int, default=300, help="episodes to record (reacher)")
-    demo.add_argument("--eval-episodes", type=int, default=50, help="held-out goals per policy (reacher)")
-    demo.add_argument("--config", help="pretraining config; None = configs/tiny.yaml (embed), configs/physics.yaml "
-                                       "(physics) or configs/reacher.yaml (reacher)")
-    demo.add_argument("--report", help="Markdown report (physics, reacher); None = RECIPE-report.md")
+    demo.add_argument("--episodes", type=int, default=300, help="episodes to record (reacher, point-mass)")
+    demo.add_argument("--eval-episodes", type=int, default=50, help="held-out goals per policy (reacher, point-mass)")
+    demo.add_argument("--config", help="pretraining config; None = configs/tiny.yaml (embed), else configs/RECIPE.yaml")
+    demo.add_argument("--report", help="Markdown report (physics, reacher, point-mass); None = RECIPE-report.md")
     demo.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="pretraining config overrides; reacher: ac.key=value overrides the AC config")
+                      help="pretraining config overrides; reacher, point-mass: ac.key=value overrides the AC config")
     demo.set_defaults(func=_demo)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from jepa.config import PlannerConfig
-from pipelines.planning_protocol import TOLERANCE, Episode, Outcome, Protocol, distance, make_goal, wilson_interval
+from pipelines.planning_protocol import (GOAL_HOLD, TOLERANCE, Episode, Outcome, Protocol, distance, make_goal,
+                                         wilson_interval)
 from pipelines.ray_tasks import finished
 from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
@@ -73,8 +74,10 @@ def random_episode(p: Protocol, episode: int) -> EpisodeResult:
     ep = Episode(p, goal)
     spec = ep.env.action_spec()
     rng = np.random.default_rng([goal.seed, 1])
-    for _ in range(p.budget):
-        ep.step(rng.uniform(spec.minimum, spec.maximum))
+    for k in range(p.budget):  # the policy that made the goals
+        if k % GOAL_HOLD[p.env] == 0:
+            action = rng.uniform(spec.minimum, spec.maximum)
+        ep.step(action)
     return EpisodeResult(episode, "random", ep.outcome(), goal.start_distance)
 
 

@@ -12,7 +12,7 @@ from pipelines.episodes import (
     EnvSpec, data_uri, frames_table, read_episodes, read_info, video_uri,
 )  # fmt: skip
 from pipelines.mujoco_record import (
-    RecordConfig, env_spec, episode_seed, load_env, physics_state, record, record_episode, render,
+    EXPLORE_HOLD, RecordConfig, env_spec, episode_seed, load_env, physics_state, record, record_episode, render,
 )  # fmt: skip
 from pipelines.shards import decode_segment
 
@@ -125,11 +125,14 @@ def test_record_to_s3_then_shard_with_a_corrupt_episode_quarantined(s3_env, ray_
 
 
 def test_point_mass_records_through_the_same_recorder(tmp_path):
-    cfg = RecordConfig(env="point_mass", episodes=1, steps=10, frameskip=5, img_size=32, seed=1)
+    cfg = RecordConfig(env="point_mass", episodes=1, steps=30, frameskip=5, img_size=32, seed=1)
     row = record_episode(cfg, 0, str(tmp_path), None)
     table = storage.get_table(data_uri(str(tmp_path), 0))
     frames = decode_segment(storage.get_bytes(video_uri(str(tmp_path), 0)))
-    assert row["n_frames"] == len(frames) == table.num_rows == 10
+    assert row["n_frames"] == len(frames) == table.num_rows == 30
+    actions = np.stack(table.column("action").to_numpy(zero_copy_only=False))
+    held = 5 * EXPLORE_HOLD["point_mass"]  # the slow point mass keeps a draw for several agent steps
+    assert held == 25 and (actions[:held] == actions[0]).all() and (actions[held] != actions[0]).any()
     spec = env_spec("point_mass", load_env("point_mass", 0), 32, 5)
     assert (spec.domain, spec.action_dim, spec.qpos_dim, spec.qvel_dim) == ("point_mass", 2, 2, 2)
     assert len(table.column("state")[0].as_py()) == 4

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.planning_protocol import Episode, Goal, Protocol, distance, make_goal, wilson_interval
+from pipelines.planning_protocol import TOLERANCE, Episode, Goal, Protocol, distance, make_goal, wilson_interval
 
 
 def test_wilson_interval_matches_known_values():
@@ -25,6 +25,12 @@ def test_goals_are_reproducible_and_away_from_the_start():
     assert not np.array_equal(make_goal(p, 4).qpos, a.qpos)
     tuning = make_goal(Protocol(img_size=32, seed_base=2_000_000), 3)  # another goal set for tuning
     assert tuning.seed == 2_000_003 and not np.array_equal(tuning.qpos, a.qpos)
+
+
+def test_point_mass_goals_lie_beyond_the_tolerance():
+    p = Protocol(env="point_mass", img_size=32)
+    distances = [make_goal(p, i).start_distance for i in range(5)]
+    assert np.median(distances) > 2 * TOLERANCE["point_mass"]  # not reached by standing still
 
 
 def test_episode_starts_where_the_goal_run_started_and_detects_success():

@@ -1,14 +1,16 @@
-"""`jepa demo --recipe reacher` (`make reacher`): a world model that plans, on DeepMind Control reacher.
+"""`jepa demo --recipe reacher|point-mass` (`make reacher`, `make point-mass`): a world model that
+plans, on a DeepMind Control environment.
 
 On the local stack: record random-exploration episodes, pretrain the frozen encoder on their frames
-(configs/reacher.yaml), cut the episodes into windows, train the action-conditioned predictor over
-the encoder (configs/reacher-ac.yaml), then `jepa eval plan` beside the random policy and the
+(configs/ENV.yaml), cut the episodes into windows, train the action-conditioned predictor over
+the encoder (configs/ENV-ac.yaml), then `jepa eval plan` beside the random policy and the
 simulator-CEM ceiling, and print the table. Steps whose output is already in the bucket are reused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jepa.config import load_ac_config, load_config
@@ -23,8 +25,12 @@ class RecipeSizes:
     eval_episodes: int = 50
 
 
-def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "configs/reacher-ac.yaml",
-                overrides: list[str] = (), sizes: RecipeSizes | None = None, report: str | None = "reacher-report.md") -> None:
+RECIPES = {"reacher": "reacher", "point-mass": "point_mass"}
+"""``jepa demo --recipe`` name -> the recorder's env; its configs are configs/NAME.yaml and NAME-ac.yaml."""
+
+
+def run_world_model(recipe: str = "reacher", encoder_config: str | None = None, ac_config: str | None = None,
+                    overrides: list[str] = (), sizes: RecipeSizes | None = None, report: str | None = None) -> None:
     """``overrides``: ``key=value`` for the encoder's config, ``ac.key=value`` for the AC config."""
     from pipelines.episode_shards import DATASET_JSON, WindowSpec, ingest_episodes
     from pipelines.episodes import is_episode_dataset, read_info
@@ -34,6 +40,8 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     from ray_jobs.pretrain import pretrain
     from ray_jobs.train_ac import train_ac
 
+    env = RECIPES[recipe]
+    encoder_config, ac_config = encoder_config or f"configs/{recipe}.yaml", ac_config or f"configs/{recipe}-ac.yaml"
     sizes = sizes or RecipeSizes()
     stage = Stages()
     ac_overrides = [o.removeprefix("ac.") for o in overrides if o.startswith("ac.")]
@@ -44,7 +52,7 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     stage("local stack: SeaweedFS S3, MLflow server, Ray head")
     local_stack()
 
-    stage(f"record {sizes.episodes} reacher episodes of {sizes.steps} control steps to {episodes}")
+    stage(f"record {sizes.episodes} {env} episodes of {sizes.steps} control steps to {episodes}")
     have = 0
     if is_episode_dataset(episodes):
         try:
@@ -58,7 +66,7 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
         from ray_jobs.cluster import connect
 
         connect()
-        record(RecordConfig(env="reacher", episodes=sizes.episodes, steps=sizes.steps, img_size=enc_cfg.model.img_size),
+        record(RecordConfig(env=env, episodes=sizes.episodes, steps=sizes.steps, img_size=enc_cfg.model.img_size),
                episodes)
 
     stage(f"pretrain the encoder ({encoder_config}, {enc_cfg.train.steps} steps)")
@@ -68,11 +76,12 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     windows = ac.data.dataset
     spec = WindowSpec(frames=ac.data.frames or WindowSpec.frames)
     stage(f"episodes -> windows of {spec.frames} agent steps in {windows}")
-    if recorded:  # windows cut from the episodes recorded before, if any, are stale
-        manifest.delete(windows)
-    if manifest.exists(storage.join_uri(windows, DATASET_JSON)):
+    summary = storage.join_uri(windows, DATASET_JSON)
+    cut = json.loads(storage.get_bytes(summary)) if manifest.exists(summary) else None
+    if cut is not None and not recorded and cut.get("source") == episodes and cut.get("window") == asdict(spec):
         print(f"windows already in {windows}; reusing them")
-    else:
+    else:  # none yet, or cut from other episodes or to another length
+        manifest.delete(windows)
         ingest_episodes(episodes, windows, spec)
 
     stage(f"train the action-conditioned predictor ({ac_config}, {ac.train.steps} steps)")
@@ -82,6 +91,7 @@ def run_reacher(encoder_config: str = "configs/reacher.yaml", ac_config: str = "
     plan, ref = evaluate_plan(world.model_uri, episodes=sizes.eval_episodes)
     record_plan(ref, plan)
     print(plan.table().text())
+    report = f"{recipe}-report.md" if report is None else report
     if report:
         Path(report).write_text(plan.markdown())
         print(f"\nreport: {report}")
