@@ -26,8 +26,8 @@ ENVS: dict[str, tuple[str, str, int]] = {
 """``--env`` name -> (dm_control domain, task, camera id). Camera 0 is each domain's fixed top view."""
 
 EXPLORE_HOLD: dict[str, int] = {"reacher": 1, "point_mass": 5}
-"""Agent steps each uniform-random draw of a recording is held. The point mass is heavily damped
-(about 0.1 per second at full force): with a new draw every agent step it hardly leaves its start."""
+"""Agent steps each uniform-random draw of a recording is held. The point mass is heavily damped:
+with a new draw every agent step it hardly leaves its start."""
 
 
 @dataclass(frozen=True)

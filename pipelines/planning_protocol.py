@@ -23,9 +23,9 @@ TOLERANCE = {"reacher": 0.05, "point_mass": 0.02}
 ANGULAR = {"reacher": True, "point_mass": False}
 """Whether the configuration is joint angles (distances wrap around the circle)."""
 GOAL_HOLD = {"reacher": 1, "point_mass": 25}
-"""Agent steps each random draw is held, in the goal rollout and the random baseline. A draw per
-agent step leaves the damped point mass a median 0.02 from its start (the tolerance); one push for
-all 25 steps puts its goals a median 0.12 away."""
+"""Agent steps each random draw is held, in the goal rollout and the random baseline. With a draw
+per agent step the damped point mass ends about a tolerance from its start; one push for all 25
+steps carries it several tolerances away."""
 
 
 @dataclass(frozen=True)

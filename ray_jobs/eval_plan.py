@@ -167,7 +167,8 @@ class PlanReport:
     def markdown(self) -> str:
         st = self.settings
         return (f"## Planning: {self.model} on {st['env']}\n\n{self.table().markdown()}\n\n"
-                f"Goal: the frame after {st['goal_steps']} random agent steps (start-to-goal distance median "
+                f"Goal: the frame after {st['goal_steps']} random agent steps, a draw held for "
+                f"{GOAL_HOLD[st['env']]} (start-to-goal distance median "
                 f"{st['start_distance_median']:.2f}); budget {st['budget']} agent steps of {st['frameskip']} control "
                 f"steps; success = every coordinate within {st['tolerance']} of the goal at any control step. "
                 f"World-model CEM: {st['planner']}.\n")
