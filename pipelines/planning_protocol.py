@@ -3,11 +3,10 @@
 For a held-out seed: reset the environment, roll a uniform-random policy for ``goal_steps`` agent
 steps (each action held ``frameskip`` control steps; for the slow point mass one draw is held for
 all of them, ``GOAL_HOLD``), and take that frame as the goal image and its configuration as the
-goal. Reset to the same initial state; the agent then has ``budget`` agent
-steps. Success = the configuration is within tolerance of the goal at any control step: every
-joint angle within 0.05 rad (wrapped to (-pi, pi]) for reacher, both coordinates within 0.02 for
-point_mass. Only the evaluation reads the configuration; planners see frames (and the state when
-their model reads one).
+goal. Reset to the same initial state; the agent then has ``budget`` agent steps. Success = the
+configuration is within tolerance of the goal at any control step: every joint angle within
+0.05 rad (wrapped to (-pi, pi]) for reacher, both coordinates within 0.02 for point_mass. Only the
+evaluation reads the configuration; planners see frames (and the state when their model reads one).
 """
 
 from __future__ import annotations

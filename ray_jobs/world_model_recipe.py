@@ -2,8 +2,8 @@
 plans, on a DeepMind Control environment.
 
 On the local stack: record random-exploration episodes, pretrain the frozen encoder on their frames
-(configs/ENV.yaml), cut the episodes into windows, train the action-conditioned predictor over
-the encoder (configs/ENV-ac.yaml), then `jepa eval plan` beside the random policy and the
+(configs/RECIPE.yaml), cut the episodes into windows, train the action-conditioned predictor over
+the encoder (configs/RECIPE-ac.yaml), then `jepa eval plan` beside the random policy and the
 simulator-CEM ceiling, and print the table. Steps whose output is already in the bucket are reused.
 """
 
