@@ -11,6 +11,7 @@ evaluation reads the configuration; planners see frames (and the state when thei
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +73,20 @@ def fresh_env(p: Protocol, seed: int):
     return env
 
 
+def random_policy(p: Protocol, env, rng: np.random.Generator, steps: int) -> Iterator[np.ndarray]:
+    """``steps`` agent-step actions, a uniform draw every ``GOAL_HOLD`` of them: the goals' policy."""
+    spec = env.action_spec()
+    for k in range(steps):
+        if k % GOAL_HOLD[p.env] == 0:
+            action = rng.uniform(spec.minimum, spec.maximum)
+        yield action
+
+
 def make_goal(p: Protocol, episode: int) -> Goal:
     seed = p.seed_base + episode
     env = fresh_env(p, seed)
     start = env.physics.data.qpos.copy()
-    rng = np.random.default_rng(seed)
-    spec = env.action_spec()
-    for k in range(p.goal_steps):
-        if k % GOAL_HOLD[p.env] == 0:
-            action = rng.uniform(spec.minimum, spec.maximum)
+    for action in random_policy(p, env, np.random.default_rng(seed), p.goal_steps):
         for _ in range(p.frameskip):
             env.step(action)
     qpos = env.physics.data.qpos.copy()

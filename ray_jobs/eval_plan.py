@@ -19,7 +19,7 @@ import numpy as np
 
 from jepa.config import PlannerConfig
 from pipelines.planning_protocol import (GOAL_HOLD, TOLERANCE, Episode, Outcome, Protocol, distance, make_goal,
-                                         wilson_interval)
+                                         random_policy, wilson_interval)
 from pipelines.ray_tasks import finished
 from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
@@ -72,11 +72,7 @@ def world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, ke
 def random_episode(p: Protocol, episode: int) -> EpisodeResult:
     goal = make_goal(p, episode)
     ep = Episode(p, goal)
-    spec = ep.env.action_spec()
-    rng = np.random.default_rng([goal.seed, 1])
-    for k in range(p.budget):  # the policy that made the goals
-        if k % GOAL_HOLD[p.env] == 0:
-            action = rng.uniform(spec.minimum, spec.maximum)
+    for action in random_policy(p, ep.env, np.random.default_rng([goal.seed, 1]), p.budget):
         ep.step(action)
     return EpisodeResult(episode, "random", ep.outcome(), goal.start_distance)
 
