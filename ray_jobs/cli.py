@@ -492,7 +492,9 @@ def _add_eval(sub) -> None:
     common(plan)
     plan.add_argument("--env", help="the environment (default: the one the model was trained on)")
     plan.add_argument("--episodes", type=int, default=50, help="held-out goals per policy")
-    plan.add_argument("--policies", default="world-model,random,simulator-cem", help="comma-separated policies")
+    plan.add_argument("--policies", default="world-model,random,simulator-cem",
+                      help="comma-separated, from world-model, random, simulator-cem and simulator-energy (the "
+                           "model's planner and energy over the true simulator: a perfect predictor; slow)")
     plan.add_argument("--seed-base", type=int, default=1_000_000,
                       help="goal i comes from seed SEED_BASE + i; tune planner settings on another base than the one you report")
     for name in ("samples", "elites", "iterations", "horizon", "replan-every"):

@@ -4,7 +4,9 @@ Three policies on the same goals (``pipelines.planning_protocol``), episodes spr
 - ``world-model``: CEM + MPC in the model's representation space (``jepa.mpc``);
 - ``random``: a uniform-random action every agent step (the floor);
 - ``simulator-cem``: CEM whose energy is the true distance to the goal after simulating each
-  candidate in a copy of the simulator (a ceiling: a perfect model with a perfect energy).
+  candidate in a copy of the simulator (a ceiling: a perfect model with a perfect energy);
+- ``simulator-energy`` (on request): the world model's CEM and energy, with each candidate
+  simulated, rendered and encoded instead of imagined (a perfect predictor with the model's energy).
 Reported per policy: success rate with a 95% Wilson interval, the final and best distances, and the
 planning time per call. Rollout strips and energy traces go to the MLflow evaluation run.
 """
@@ -19,15 +21,20 @@ import numpy as np
 
 from jepa.config import PlannerConfig
 from pipelines.planning_protocol import (GOAL_HOLD, TOLERANCE, Episode, Outcome, Protocol, distance, make_goal,
-                                         random_policy, wilson_interval)
+                                         random_policy, render, wilson_interval)
 from pipelines.ray_tasks import finished
 from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
-POLICIES = ("world-model", "random", "simulator-cem")
+POLICIES = ("world-model", "random", "simulator-cem", "simulator-energy")
+DEFAULT_POLICIES = POLICIES[:3]
+"""``simulator-energy`` renders and encodes every candidate (~2.5 min per reacher episode on a
+core), so it runs only when asked for."""
 SIMULATOR_CEM = PlannerConfig(samples=100, elites=10, iterations=5, horizon=5, replan_every=5)
 """The ceiling's CEM: fewer samples than the model's (simulating is the slow part on a CPU), and
 still far above it."""
 EPISODES_PER_TASK = 5
+DISTANCE_BANDS = {"reacher": (1.0, 2.0), "point_mass": (0.1, 0.2)}
+"""Start-to-goal distances that split the report's goals into near, middle and far."""
 STRIP_EPISODES = 4
 """Episodes whose rollout strips (observation at each plan, then the goal) are logged."""
 
@@ -77,57 +84,95 @@ def random_episode(p: Protocol, episode: int) -> EpisodeResult:
     return EpisodeResult(episode, "random", ep.outcome(), goal.start_distance)
 
 
-def simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
+def simulate_each(ep: Episode, samples: np.ndarray, p: Protocol, visit):
+    """Simulate every action sequence of ``samples`` (S, H, A) from the episode's current state,
+    each action held ``frameskip`` control steps, and return ``visit(env)`` at each one's end; the
+    episode's state is left as it was."""
+    physics = ep.env.physics
+    start = physics.get_state().copy()
+    out = []
+    for sequence in samples:
+        physics.set_state(start)
+        physics.forward()  # dm_control's step finishes the step its last forward began: that must be this state's
+        for action in sequence:
+            physics.set_control(action)
+            for _ in range(p.frameskip):
+                physics.step()
+        out.append(visit(ep.env))
+    physics.set_state(start)
+    physics.forward()
+    return out
+
+
+def simulator_episode(policy: str, p: Protocol, episode: int, cfg: PlannerConfig, energy_of, warm: bool) -> EpisodeResult:
+    """CEM + MPC over a copy of the simulator: ``energy_of(ep, goal)`` gives the energy of
+    candidate sequences, ``warm`` starts each search from the rest of the previous plan (as the
+    world model's MPC does)."""
     import torch
 
     from jepa.planner import cem
 
     goal = make_goal(p, episode)
     ep = Episode(p, goal)
-    physics = ep.env.physics
     spec = ep.env.action_spec()
     low, high = torch.tensor(spec.minimum, dtype=torch.float32), torch.tensor(spec.maximum, dtype=torch.float32)
-    cfg, generator = SIMULATOR_CEM, torch.Generator().manual_seed(goal.seed)
-    result = EpisodeResult(episode, "simulator-cem", ep.outcome(), goal.start_distance)
-
-    def energy(samples: torch.Tensor) -> torch.Tensor:
-        start = physics.get_state().copy()
-        out = torch.empty(len(samples))
-        for i, sequence in enumerate(samples.numpy()):
-            physics.set_state(start)
-            for action in sequence:
-                physics.set_control(action)
-                for _ in range(p.frameskip):
-                    physics.step()
-            out[i] = distance(p.env, physics.data.qpos, goal.qpos)
-        physics.set_state(start)
-        physics.forward()
-        return out
-
-    done = 0
+    generator = torch.Generator().manual_seed(goal.seed)
+    result = EpisodeResult(episode, policy, ep.outcome(), goal.start_distance)
+    energy, mean, done = energy_of(ep, goal), None, 0
     while done < p.budget:
         t0 = time.perf_counter()
-        plan = cem(energy, low, high, cfg, generator=generator)
+        plan = cem(energy, low, high, cfg, init_mean=mean, generator=generator)
         result.plan_seconds.append(time.perf_counter() - t0)
         result.energies.append(plan.energy)
         steps = min(cfg.replan_every, p.budget - done)
         for action in plan.actions[:steps].numpy():
             ep.step(action)
         done += steps
+        if warm:
+            rest = plan.actions[steps:]
+            mean = torch.cat((rest, ((low + high) / 2).expand(cfg.horizon - len(rest), -1)))
     result.outcome = ep.outcome()
     return result
+
+
+def simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
+    import torch
+
+    def energy_of(ep: Episode, goal):
+        def energy(samples: torch.Tensor) -> torch.Tensor:
+            return torch.tensor(simulate_each(ep, samples.numpy(), p, lambda env: distance(p.env, env.physics.data.qpos, goal.qpos)))
+        return energy
+
+    return simulator_episode("simulator-cem", p, episode, SIMULATOR_CEM, energy_of, warm=False)
+
+
+def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
+    """The world model's planner and energy with the true simulator as its predictor: what a perfect
+    predictor would reach, so the gap to ``world-model`` is the predictor's and the gap from here to
+    ``simulator-cem`` the energy's (and the search's)."""
+    def energy_of(ep: Episode, goal):
+        target = world.encode(goal.image[None])[0]
+
+        def energy(samples):
+            frames = simulate_each(ep, samples.numpy(), p, lambda env: render(p, env))
+            return (world.encode(np.stack(frames)) - target).abs().mean(dim=(1, 2))
+        return energy
+
+    return simulator_episode("simulator-energy", p, episode, cfg, energy_of, warm=True)
 
 
 def run_episodes(model_uri: str | None, policy: str, p: Protocol, cfg: PlannerConfig, episodes: list[int],
                  strips: int = 0) -> list[EpisodeResult]:
     """A Ray task's share: ``episodes`` under ``policy`` (the world model loaded once per task)."""
-    world = load_world(model_uri)[0] if policy == "world-model" else None
+    world = load_world(model_uri)[0] if policy in ("world-model", "simulator-energy") else None
     out = []
     for e in episodes:
         if policy == "world-model":
             out.append(world_model_episode(world, p, cfg, e, keep_strip=e < strips))
         elif policy == "random":
             out.append(random_episode(p, e))
+        elif policy == "simulator-energy":
+            out.append(simulator_energy_episode(world, p, cfg, e))
         else:
             out.append(simulator_cem_episode(p, e))
     return out
@@ -160,9 +205,21 @@ class PlanReport:
                            "-" if s["plan_seconds_mean"] is None else f"{s['plan_seconds_mean']:.2f}"])
         return t
 
+    def by_distance(self) -> Table:
+        """Successes per policy among near, middle and far goals: where a planner's misses lie."""
+        near, far = DISTANCE_BANDS[self.settings["env"]]
+        bands = [(f"under {near:g}", 0.0, near), (f"{near:g} to {far:g}", near, far), (f"over {far:g}", far, float("inf"))]
+        t = Table(["start distance", "goals", *self.results])
+        goals = [r.start_distance for r in next(iter(self.results.values()))]
+        for name, low, high in bands:
+            t.rows.append([name, sum(low <= d < high for d in goals),
+                           *[sum(r.outcome.success for r in rs if low <= r.start_distance < high) for rs in self.results.values()]])
+        return t
+
     def markdown(self) -> str:
         st = self.settings
         return (f"## Planning: {self.model} on {st['env']}\n\n{self.table().markdown()}\n\n"
+                f"Successes by start-to-goal distance:\n\n{self.by_distance().markdown()}\n\n"
                 f"Goal: the frame after {st['goal_steps']} random agent steps, a draw held for "
                 f"{GOAL_HOLD[st['env']]} (start-to-goal distance median "
                 f"{st['start_distance_median']:.2f}); budget {st['budget']} agent steps of {st['frameskip']} control "
@@ -187,7 +244,7 @@ class PlanReport:
         return out
 
 
-def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, policies: tuple[str, ...] = POLICIES,
+def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, policies: tuple[str, ...] = DEFAULT_POLICIES,
                   planner: dict[str, Any] | None = None, progress: bool = True,
                   seed_base: int = Protocol.seed_base) -> tuple[PlanReport, ModelRef]:
     """Run every policy on goals 0..episodes-1 as Ray tasks of up to ``EPISODES_PER_TASK`` episodes

@@ -33,7 +33,10 @@ def test_eval_plan_json_and_mlflow_run(tmp_path, ray_local, mlflow_env, capsys):
     sim, rnd = result["policies"]["simulator-cem"], result["policies"]["random"]
     assert sim["best_distance_median"] < rnd["best_distance_median"]
     assert result["policies"]["world-model"]["plan_seconds_mean"] > 0
-    assert "| world-model | 2 |" in (tmp_path / "plan.md").read_text()
+    report = (tmp_path / "plan.md").read_text()
+    assert "| world-model | 2 |" in report
+    bands = report.split("Successes by start-to-goal distance:")[1].split("\n\n")[1].splitlines()[2:]
+    assert len(bands) == 3 and sum(int(b.split("|")[2]) for b in bands) == 2  # every goal in one band
 
     run = MlflowClient().get_run(result["mlflow_run_id"])
     assert run.data.tags["jepa.eval"] == "plan"
