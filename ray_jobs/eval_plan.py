@@ -104,10 +104,11 @@ def simulate_each(ep: Episode, samples: np.ndarray, p: Protocol, visit):
     return out
 
 
-def simulator_episode(policy: str, p: Protocol, episode: int, cfg: PlannerConfig, energy_of, warm: bool) -> EpisodeResult:
+def simulator_episode(policy: str, p: Protocol, episode: int, cfg: PlannerConfig, energy_of,
+                      next_mean=None) -> EpisodeResult:
     """CEM + MPC over a copy of the simulator: ``energy_of(ep, goal)`` gives the energy of
-    candidate sequences, ``warm`` starts each search from the rest of the previous plan (as the
-    world model's MPC does)."""
+    candidate sequences; ``next_mean(plan_actions, executed)``, when given, is where the next search
+    starts (the world model's MPC starts from the rest of the previous plan)."""
     import torch
 
     from jepa.planner import cem
@@ -128,9 +129,8 @@ def simulator_episode(policy: str, p: Protocol, episode: int, cfg: PlannerConfig
         for action in plan.actions[:steps].numpy():
             ep.step(action)
         done += steps
-        if warm:
-            rest = plan.actions[steps:]
-            mean = torch.cat((rest, ((low + high) / 2).expand(cfg.horizon - len(rest), -1)))
+        if next_mean is not None:
+            mean = next_mean(plan.actions, steps)
     result.outcome = ep.outcome()
     return result
 
@@ -143,13 +143,15 @@ def simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
             return torch.tensor(simulate_each(ep, samples.numpy(), p, lambda env: distance(p.env, env.physics.data.qpos, goal.qpos)))
         return energy
 
-    return simulator_episode("simulator-cem", p, episode, SIMULATOR_CEM, energy_of, warm=False)
+    return simulator_episode("simulator-cem", p, episode, SIMULATOR_CEM, energy_of)
 
 
 def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
     """The world model's planner and energy with the true simulator as its predictor: what a perfect
     predictor would reach, so the gap to ``world-model`` is the predictor's and the gap from here to
     ``simulator-cem`` the energy's (and the search's)."""
+    from jepa.mpc import warm_start
+
     def energy_of(ep: Episode, goal):
         target = world.encode(goal.image[None])[0]
 
@@ -158,7 +160,8 @@ def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: in
             return (world.encode(np.stack(frames)) - target).abs().mean(dim=(1, 2))
         return energy
 
-    return simulator_episode("simulator-energy", p, episode, cfg, energy_of, warm=True)
+    return simulator_episode("simulator-energy", p, episode, cfg, energy_of,
+                             next_mean=lambda actions, executed: warm_start(world, actions.numpy(), executed, cfg.horizon))
 
 
 def run_episodes(model_uri: str | None, policy: str, p: Protocol, cfg: PlannerConfig, episodes: list[int],
