@@ -78,6 +78,11 @@ def load_tokens(world: WorldModel, root: str, count: int, env: EnvSpec, frames: 
     return torch.stack(z), torch.stack(a), torch.stack(s)
 
 
+def global_batch(cfg) -> int:
+    """One process stands in for the config's DDP ranks: it takes their whole batch per step."""
+    return cfg.train.batch_size * cfg.train.num_workers
+
+
 def windows(episodes: torch.Tensor, steps: int, frames: int, batch: int, rng: np.random.Generator):
     e = episodes[torch.as_tensor(rng.integers(0, len(episodes), batch))]
     t = torch.as_tensor(rng.integers(0, steps - frames + 1, batch))[:, None] + torch.arange(frames)
@@ -133,7 +138,7 @@ def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> A
             pred.train()
         if step == args.steps:
             break
-        e, t = windows(train_eps, z.shape[1], frames, cfg.train.batch_size, rng)
+        e, t = windows(train_eps, z.shape[1], frames, global_batch(cfg), rng)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.optim, args.steps)
         losses = ac_losses(pred, z[e, t].float(), a[e, t], s[e, t] if pred.state_dim else None,
@@ -162,7 +167,7 @@ def main() -> None:
     train_eps, test_eps = torch.arange(args.count - held_out), torch.arange(args.count - held_out, args.count)
     print(f"\n{args.count - held_out} training and {held_out} held-out episodes of {z.shape[1]} agent steps, "
           f"{z.shape[2]} tokens per frame (encoder: {args.encoder}), windows of {frames} steps, "
-          f"batch {cfg.train.batch_size}\n")
+          f"batch {global_batch(cfg)}\n")
     print(f"| loss | step | pred/copy | moving | actions | roll@{cfg.planner.horizon} | train pred/copy | train actions | s |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for loss in args.losses.split(","):
