@@ -333,7 +333,7 @@ def _demo(args: argparse.Namespace) -> None:
     if args.recipe in ("reacher", "point-mass"):
         from ray_jobs.world_model_recipe import RecipeSizes, run_world_model
 
-        if args.episodes < 1 or args.eval_episodes < 1:
+        if (args.episodes is not None and args.episodes < 1) or args.eval_episodes < 1:
             raise UsageError("--episodes and --eval-episodes must be >= 1")
         run_world_model(args.recipe, encoder_config=args.config, overrides=args.overrides,
                         sizes=RecipeSizes(episodes=args.episodes, eval_episodes=args.eval_episodes),
@@ -580,7 +580,8 @@ def _add_demo(sub) -> None:
     demo.add_argument("--recipe", choices=("embed", "physics", "reacher", "point-mass"), default="embed",
                       help="which flow to run")
     demo.add_argument("--videos", type=int, default=200, help="synthetic videos to generate (embed)")
-    demo.add_argument("--episodes", type=int, default=300, help="episodes to record (reacher, point-mass)")
+    demo.add_argument("--episodes", type=int,
+                      help="episodes to record (reacher, point-mass); None = the recipe's: 600 reacher, 300 point-mass")
     demo.add_argument("--eval-episodes", type=int, default=50, help="held-out goals per policy (reacher, point-mass)")
     demo.add_argument("--config", help="pretraining config; None = configs/tiny.yaml (embed), else configs/RECIPE.yaml")
     demo.add_argument("--report", help="Markdown report (physics, reacher, point-mass); None = RECIPE-report.md")

@@ -20,13 +20,17 @@ from ray_jobs.stages import Stages, local_stack
 
 @dataclass
 class RecipeSizes:
-    episodes: int = 300
+    episodes: int | None = None
+    """None: the recipe's own count (EPISODES)."""
     steps: int = 250
     eval_episodes: int = 50
 
 
 RECIPES = {"reacher": "reacher", "point-mass": "point_mass"}
 """``jepa demo --recipe`` name -> the recorder's env; its configs are configs/NAME.yaml and NAME-ac.yaml."""
+
+EPISODES = {"reacher": 600, "point-mass": 300}
+"""Episodes each recipe records. Reacher's predictor overfit 300 (bench/NOTES.md, 2026-12-05)."""
 
 
 def run_world_model(recipe: str = "reacher", encoder_config: str | None = None, ac_config: str | None = None,
@@ -43,6 +47,7 @@ def run_world_model(recipe: str = "reacher", encoder_config: str | None = None, 
     env = RECIPES[recipe]
     encoder_config, ac_config = encoder_config or f"configs/{recipe}.yaml", ac_config or f"configs/{recipe}-ac.yaml"
     sizes = sizes or RecipeSizes()
+    n_episodes = sizes.episodes or EPISODES[recipe]
     stage = Stages()
     ac_overrides = [o.removeprefix("ac.") for o in overrides if o.startswith("ac.")]
     enc_cfg = load_config(encoder_config, [o for o in overrides if not o.startswith("ac.")])
@@ -52,21 +57,21 @@ def run_world_model(recipe: str = "reacher", encoder_config: str | None = None, 
     stage("local stack: SeaweedFS S3, MLflow server, Ray head")
     local_stack()
 
-    stage(f"record {sizes.episodes} {env} episodes of {sizes.steps} control steps to {episodes}")
+    stage(f"record {n_episodes} {env} episodes of {sizes.steps} control steps to {episodes}")
     have = 0
     if is_episode_dataset(episodes):
         try:
             have = read_info(episodes)["total_episodes"]
         except ValueError as e:  # an older format (lossy videos): record again
             print(f"{e}; recording again")
-    recorded = have < sizes.episodes
+    recorded = have < n_episodes
     if not recorded:
         print(f"{have} episodes already in {episodes}; reusing them")
     else:
         from ray_jobs.cluster import connect
 
         connect()
-        record(RecordConfig(env=env, episodes=sizes.episodes, steps=sizes.steps, img_size=enc_cfg.model.img_size),
+        record(RecordConfig(env=env, episodes=n_episodes, steps=sizes.steps, img_size=enc_cfg.model.img_size),
                episodes)
 
     stage(f"pretrain the encoder ({encoder_config}, {enc_cfg.train.steps} steps)")
