@@ -195,7 +195,8 @@ def _eval_plan(args: argparse.Namespace) -> None:
     connect()
     try:
         report, ref = evaluate_plan(args.model, env=args.env, episodes=args.episodes, policies=policies,
-                                    planner=planner, progress=not args.no_progress, seed_base=args.seed_base)
+                                    planner=planner, progress=not args.no_progress, seed_base=args.seed_base,
+                                    url=args.url)
     except ValueError as err:  # not an action-conditioned model, another env, a bad planner setting
         raise UsageError(str(err)) from None
     _eval_output(args, ref, report, record)
@@ -493,8 +494,11 @@ def _add_eval(sub) -> None:
     plan.add_argument("--env", help="the environment (default: the one the model was trained on)")
     plan.add_argument("--episodes", type=int, default=50, help="held-out goals per policy")
     plan.add_argument("--policies", default="world-model,random,simulator-cem",
-                      help="comma-separated, from world-model, random, simulator-cem and simulator-energy (the "
-                           "model's planner and energy over the true simulator: a perfect predictor; slow)")
+                      help="comma-separated, from world-model, random, simulator-cem, simulator-energy (the "
+                           "model's planner and energy over the true simulator: a perfect predictor; slow) and served "
+                           "(the model deployed by `jepa serve deploy`, planning through its /v1/plan at --url)")
+    plan.add_argument("--url", help="the Serve app of the served policy (default: JEPA_SERVE_URL, else "
+                                    "http://127.0.0.1:8000); it must serve --model")
     plan.add_argument("--seed-base", type=int, default=1_000_000,
                       help="goal i comes from seed SEED_BASE + i; tune planner settings on another base than the one you report")
     for name in ("samples", "elites", "iterations", "horizon", "replan-every"):

@@ -1,12 +1,14 @@
 """`jepa eval plan`: how often does planning with the world model reach a goal image?
 
-Three policies on the same goals (``pipelines.planning_protocol``), episodes spread over Ray tasks:
+Policies on the same goals (``pipelines.planning_protocol``), episodes spread over Ray tasks:
 - ``world-model``: CEM + MPC in the model's representation space (``jepa.mpc``);
 - ``random``: a uniform-random action every agent step (the floor);
 - ``simulator-cem``: CEM whose energy is the true distance to the goal after simulating each
   candidate in a copy of the simulator (a ceiling: a perfect model with a perfect energy);
 - ``simulator-energy`` (on request): the world model's CEM and energy, with each candidate
-  simulated, rendered and encoded instead of imagined (a perfect predictor with the model's energy).
+  simulated, rendered and encoded instead of imagined (a perfect predictor with the model's energy);
+- ``served`` (on request): the world model deployed by Serve, driven only through its HTTP API
+  (``/v1/model``, then ``/v1/plan`` each replanning step), as an application would drive it.
 Reported per policy: success rate with a 95% Wilson interval, the final and best distances, and the
 planning time per call. Rollout strips and energy traces go to the MLflow evaluation run.
 """
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import requests
 
 from jepa.config import PlannerConfig
 from pipelines.planning_protocol import (GOAL_HOLD, TOLERANCE, Episode, Outcome, Protocol, distance, make_goal,
@@ -25,7 +28,7 @@ from pipelines.planning_protocol import (GOAL_HOLD, TOLERANCE, Episode, Outcome,
 from pipelines.ray_tasks import finished
 from ray_jobs.eval_runs import ModelRef, Table, log_evaluation
 
-POLICIES = ("world-model", "random", "simulator-cem", "simulator-energy")
+POLICIES = ("world-model", "random", "simulator-cem", "simulator-energy", "served")
 DEFAULT_POLICIES = POLICIES[:3]
 """``simulator-energy`` renders and encodes every candidate (~2.5 min per reacher episode on a
 core), so it runs only when asked for."""
@@ -74,6 +77,55 @@ def world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, ke
     return EpisodeResult(episode, "world-model", ep.outcome(), goal.start_distance,
                          [c.seconds for c in trace.calls], [c.energy for c in trace.calls],
                          [*trace.observations, goal.image] if keep_strip else [])
+
+
+def served_episode(client, p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
+    """The world-model policy through ``/v1/plan`` alone: render, send the observation, goal and
+    state with the seed and warm start that ``run_mpc`` uses, execute ``replan_every`` agent steps
+    of the returned control actions, replan. Its episodes end where ``world_model_episode``'s do."""
+    env = client.model()["env"]
+    goal = make_goal(p, episode)
+    ep = Episode(p, goal)
+    result = EpisodeResult(episode, "served", ep.outcome(), goal.start_distance)
+    cem = {"horizon": cfg.horizon, "samples": cfg.samples, "iterations": cfg.iterations, "elites": cfg.elites}
+    done, init = 0, None
+    while done < p.budget:
+        t0 = time.perf_counter()
+        answer = client.plan(ep.observation(), goal.image, ep.state() if env["uses_state"] else None,
+                             seed=goal.seed + len(result.plan_seconds), **cem,
+                             **({"init_actions": init} if init is not None else {}))
+        result.plan_seconds.append(time.perf_counter() - t0)
+        result.energies.append(answer["energy"])
+        steps = min(env["replan_every"], p.budget - done)
+        for action in answer["actions"][: steps * env["frameskip"]]:
+            ep.control(np.asarray(action))
+        done, init = done + steps, answer["warm_start"]
+    result.outcome = ep.outcome()
+    return result
+
+
+def served_client(url: str | None, ref: ModelRef, p: Protocol, cfg: PlannerConfig):
+    """A client of the Serve app at ``url``, once it is checked to serve the model under evaluation
+    with the protocol's env and the planner's replanning interval."""
+    from ray_jobs.client import ApiError, JepaClient
+
+    client = JepaClient(url)
+    try:
+        info = client.model()
+    except requests.ConnectionError:
+        raise ValueError(f"no Serve app answers at {client.url}: deploy the model with `jepa serve deploy`, "
+                         f"or give its --url") from None
+    except ApiError as err:
+        raise ValueError(f"{client.url}/v1/model: {err}") from None
+    env = info.get("env")
+    if env is None:
+        raise ValueError(f"{client.url} serves {info['name']}/{info['version']}, which has no action head")
+    if ref.version is not None and (info["name"], info["version"]) != (ref.name, ref.version):
+        raise ValueError(f"{client.url} serves {info['name']}/{info['version']}, not {ref.label}: deploy that first")
+    if (env["domain"], env["frameskip"], env["img_size"], env["replan_every"]) != (p.env, p.frameskip, p.img_size, cfg.replan_every):
+        raise ValueError(f"{client.url} plans on {env['domain']} (frameskip {env['frameskip']}, {env['img_size']} px, "
+                         f"replanning every {env['replan_every']}), not as this evaluation does")
+    return client
 
 
 def random_episode(p: Protocol, episode: int) -> EpisodeResult:
@@ -165,12 +217,17 @@ def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: in
 
 
 def run_episodes(model_uri: str | None, policy: str, p: Protocol, cfg: PlannerConfig, episodes: list[int],
-                 strips: int = 0) -> list[EpisodeResult]:
-    """A Ray task's share: ``episodes`` under ``policy`` (the world model loaded once per task)."""
+                 strips: int = 0, server: tuple[str, str | None] | None = None) -> list[EpisodeResult]:
+    """A Ray task's share: ``episodes`` under ``policy`` (the world model loaded once per task);
+    ``server``: the Serve app's URL and token for the ``served`` policy."""
     world = load_world(model_uri)[0] if policy in ("world-model", "simulator-energy") else None
     out = []
     for e in episodes:
-        if policy == "world-model":
+        if policy == "served":
+            from ray_jobs.client import JepaClient
+
+            out.append(served_episode(JepaClient(*server), p, cfg, e))
+        elif policy == "world-model":
             out.append(world_model_episode(world, p, cfg, e, keep_strip=e < strips))
         elif policy == "random":
             out.append(random_episode(p, e))
@@ -249,10 +306,11 @@ class PlanReport:
 
 def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, policies: tuple[str, ...] = DEFAULT_POLICIES,
                   planner: dict[str, Any] | None = None, progress: bool = True,
-                  seed_base: int = Protocol.seed_base) -> tuple[PlanReport, ModelRef]:
+                  seed_base: int = Protocol.seed_base, url: str | None = None) -> tuple[PlanReport, ModelRef]:
     """Run every policy on goals 0..episodes-1 as Ray tasks of up to ``EPISODES_PER_TASK`` episodes
     each (the world model loads once per task) and collect a report. Goals come from seeds
-    ``seed_base + episode``: tune planner settings on another base than the one reported."""
+    ``seed_base + episode``: tune planner settings on another base than the one reported. ``url``:
+    the Serve app the ``served`` policy plans through (default: JEPA_SERVE_URL, then :8000)."""
     import ray
 
     from jepa.config import from_dict
@@ -263,9 +321,14 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
         raise ValueError(f"{model_uri} was trained on {spec['domain']}, not {env}")
     cfg = from_dict(PlannerConfig, {**asdict(world.planner), **(planner or {})})
     p = Protocol(env=spec["domain"], frameskip=spec["frameskip"], img_size=spec["img_size"], seed_base=seed_base)
-    task = ray.remote(num_cpus=1)(run_episodes)
+    server = None
+    if "served" in policies:
+        client = served_client(url, ref, p, cfg)
+        server = (client.url, client.token)
+    # a served episode renders and waits on HTTP: the Serve replica does its planning
+    tasks = {policy: ray.remote(num_cpus=0.5 if policy == "served" else 1)(run_episodes) for policy in policies}
     chunks = [list(range(i, min(i + EPISODES_PER_TASK, episodes))) for i in range(0, episodes, EPISODES_PER_TASK)]
-    policy_of = {task.remote(model_uri, policy, p, cfg, chunk, STRIP_EPISODES): (policy, len(chunk))
+    policy_of = {tasks[policy].remote(model_uri, policy, p, cfg, chunk, STRIP_EPISODES, server): (policy, len(chunk))
                  for policy in policies for chunk in chunks}
     results: dict[str, list[EpisodeResult]] = {policy: [] for policy in policies}
     for done, rs in finished({r: n for r, (_, n) in policy_of.items()}, "plan episodes", "episode", progress):

@@ -3,6 +3,7 @@ world model registered in MLflow, served by Ray Serve, frames rendered by MuJoCo
 that reaches goals through `/v1/plan` alone, as `jepa eval plan` does in-process."""
 
 import base64
+import dataclasses
 import io
 import json
 import math
@@ -17,7 +18,8 @@ from PIL import Image
 from jepa.world_model import load_world_model
 from pipelines.planning_protocol import Episode, Protocol, make_goal
 from ray_jobs import tracking
-from ray_jobs.eval_plan import world_model_episode
+from ray_jobs.eval_plan import served_client, served_episode, world_model_episode
+from ray_jobs.eval_runs import ModelRef
 from ray_jobs.tiny_models import register_tiny, register_tiny_world
 
 pytestmark = pytest.mark.integration
@@ -145,27 +147,23 @@ def test_bad_requests_get_4xx_and_the_replica_lives(served):
 
 
 def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
-    """The client reads the env spec from /v1/model, renders, executes `replan_every` agent steps of
-    the returned control actions, and replans, sending the seed and warm start MPC uses: its
-    episodes end exactly where `jepa eval plan`'s in-process MPC ends them."""
-    url = served[0]
-    env = ok(requests.get(f"{url}/v1/model", timeout=30))["env"]
-    p = Protocol(env=env["domain"], frameskip=env["frameskip"], img_size=env["img_size"], budget=15)
+    """`jepa eval plan`'s served policy reads the env spec from /v1/model, renders, executes
+    `replan_every` agent steps of the returned control actions, and replans, sending the seed and
+    warm start MPC uses: its episodes end exactly where the in-process MPC ends them."""
+    url, uri = served
+    p = Protocol(img_size=P.img_size, budget=15)
+    client = served_client(url, ModelRef.of(uri), p, world.planner)
     for episode in range(2):
-        goal = make_goal(p, episode)
-        ep, done, calls, init = Episode(p, goal), 0, 0, None
-        while done < p.budget:
-            body = {"observation": png(ep.observation()), "goal": png(goal.image), "state": ep.state().tolist(),
-                    "seed": goal.seed + calls, **({"init_actions": init} if init else {})}
-            answer = ok(requests.post(f"{url}/v1/plan", json=body, timeout=120))
-            steps = min(env["replan_every"], p.budget - done)
-            for action in answer["actions"][: steps * env["frameskip"]]:
-                ep.control(np.asarray(action))
-            done, calls, init = done + steps, calls + 1, answer["warm_start"]
-        over_http = ep.outcome()
-        in_process = world_model_episode(world, p, world.planner, episode, keep_strip=False).outcome
-        assert over_http.success == in_process.success
-        assert over_http.final_distance == pytest.approx(in_process.final_distance, abs=1e-4)
+        over_http = served_episode(client, p, world.planner, episode)
+        in_process = world_model_episode(world, p, world.planner, episode, keep_strip=False)
+        assert len(over_http.plan_seconds) == 3
+        assert over_http.outcome.success == in_process.outcome.success
+        assert over_http.outcome.final_distance == pytest.approx(in_process.outcome.final_distance, abs=1e-4)
+        assert over_http.energies == pytest.approx(in_process.energies, abs=1e-4)
+    with pytest.raises(ValueError, match="not jepa-other/1"):
+        served_client(url, ModelRef("models:/jepa-other/1", "jepa-other", 1, None), p, world.planner)
+    with pytest.raises(ValueError, match="replanning every 5"):
+        served_client(url, ModelRef.of(uri), p, dataclasses.replace(world.planner, replan_every=2))
 
 
 def test_fuzzed_from_its_openapi_schema(served):
