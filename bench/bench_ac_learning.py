@@ -15,7 +15,10 @@ steps prints, on held-out episodes:
   H steps on, over that of the first frame copied forward: how much of the motion the planner's
   imagination still gets right where its energy is read.
 
-The same two on training episodes tell overfitting (train far better) from underfitting.
+The same two on training episodes tell overfitting (train far better) from underfitting. With
+``--model``, nothing is trained: a trained world model (`jepa train-ac`, or ``--save``) is measured
+on all ``--count`` episodes, which should be recorded apart from its training episodes (another
+``jepa synth mujoco --seed``).
 
     MUJOCO_GL=egl jepa synth mujoco --episodes 120 --out /tmp/reacher-episodes
     python bench/bench_ac_learning.py --episodes /tmp/reacher-episodes --steps 2000 --losses l1,change_mse
@@ -57,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--save", help="save the last loss's world model to this folder (for `jepa eval plan --model FOLDER`)")
+    p.add_argument("--model", help="measure this trained world model (models:/NAME@ALIAS or a folder) on the "
+                                   "episodes instead of training one")
     p.add_argument("overrides", nargs="*", help="AC config overrides, key=value (e.g. model.pool=1)")
     return p.parse_args()
 
@@ -149,9 +154,24 @@ def train(world: WorldModel, z, a, s, train_eps, test_eps, loss: str, args) -> A
     return pred.eval()
 
 
+def measure(args) -> None:
+    from ray_jobs.eval_plan import load_world
+
+    world = load_world(args.model)[0]
+    frames = load_ac_config(args.config, args.overrides).data.frames or WindowSpec.frames
+    z, a, s = load_tokens(world, args.episodes, args.count, EnvSpec.from_dict(world.env), frames)
+    with torch.no_grad():
+        m = evaluate(world.predictor.eval(), z, a, s, torch.arange(args.count), frames, world.planner.horizon)
+    print(f"\n{args.model} on {args.count} episodes of {args.episodes}, windows of {frames} steps\n\n"
+          f"| pred/copy | moving | actions | roll@{world.planner.horizon} |\n|---:|---:|---:|---:|\n"
+          f"| {m['pred/copy']:.3f} | {m['moving']:.3f} | {m['actions']:.3f} | {m['roll@H']:.3f} |")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.model:
+        return measure(args)
     cfg = load_ac_config(args.config, args.overrides)
     env = read_info(args.episodes)["env"]
     if args.encoder == "random":
