@@ -79,11 +79,11 @@ def world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, ke
                          [*trace.observations, goal.image] if keep_strip else [])
 
 
-def served_episode(client, p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
-    """The world-model policy through ``/v1/plan`` alone: render, send the observation, goal and
-    state with the seed and warm start that ``run_mpc`` uses, execute ``replan_every`` agent steps
-    of the returned control actions, replan. Its episodes end where ``world_model_episode``'s do."""
-    env = client.model()["env"]
+def served_episode(client, env: dict[str, Any], p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
+    """The world-model policy through ``/v1/plan`` alone, ``env`` being ``/v1/model``'s: render, send
+    the observation, goal and state with the seed and warm start that ``run_mpc`` uses, execute
+    ``replan_every`` agent steps of the returned control actions, replan. Its episodes end where
+    ``world_model_episode``'s do."""
     goal = make_goal(p, episode)
     ep = Episode(p, goal)
     result = EpisodeResult(episode, "served", ep.outcome(), goal.start_distance)
@@ -221,12 +221,15 @@ def run_episodes(model_uri: str | None, policy: str, p: Protocol, cfg: PlannerCo
     """A Ray task's share: ``episodes`` under ``policy`` (the world model loaded once per task);
     ``server``: the Serve app's URL and token for the ``served`` policy."""
     world = load_world(model_uri)[0] if policy in ("world-model", "simulator-energy") else None
+    if policy == "served":
+        from ray_jobs.client import JepaClient
+
+        client = JepaClient(*server)
+        env = client.model()["env"]
     out = []
     for e in episodes:
         if policy == "served":
-            from ray_jobs.client import JepaClient
-
-            out.append(served_episode(JepaClient(*server), p, cfg, e))
+            out.append(served_episode(client, env, p, cfg, e))
         elif policy == "world-model":
             out.append(world_model_episode(world, p, cfg, e, keep_strip=e < strips))
         elif policy == "random":

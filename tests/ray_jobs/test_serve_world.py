@@ -18,7 +18,7 @@ from PIL import Image
 from jepa.world_model import load_world_model
 from pipelines.planning_protocol import Episode, Protocol, make_goal
 from ray_jobs import tracking
-from ray_jobs.eval_plan import served_client, served_episode, world_model_episode
+from ray_jobs.eval_plan import run_episodes, served_client, world_model_episode
 from ray_jobs.eval_runs import ModelRef
 from ray_jobs.tiny_models import register_tiny, register_tiny_world
 
@@ -153,8 +153,9 @@ def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
     url, uri = served
     p = Protocol(img_size=P.img_size, budget=15)
     client = served_client(url, ModelRef.of(uri), p, world.planner)
-    for episode in range(2):
-        over_http = served_episode(client, p, world.planner, episode)
+    # what each of eval plan's Ray tasks runs for its share of the served policy's episodes
+    served_runs = run_episodes(uri, "served", p, world.planner, [0, 1], server=(client.url, client.token))
+    for episode, over_http in enumerate(served_runs):
         in_process = world_model_episode(world, p, world.planner, episode, keep_strip=False)
         assert len(over_http.plan_seconds) == 3
         assert over_http.outcome.success == in_process.outcome.success
