@@ -2,10 +2,11 @@
 
 Each iteration samples action sequences from a Gaussian (clipped to the env's bounds), scores all
 of them with one batched call of an energy function, and refits the Gaussian to the lowest-energy
-``elites``. With a world model the energy is the L1 distance between the representation the model
-imagines after the sequence and the goal image's (``latent_energy``). Model predictive control
-executes the first ``replan_every`` actions of a plan and plans again from what it then sees;
-nothing here reads the simulator's notion of success.
+``elites``; the plan is the final mean, or the lowest-energy sequence scored (``select``). With a
+world model the energy is the L1 distance between the representation the model imagines after the
+sequence and the goal image's (``latent_energy``). Model predictive control executes the first
+``replan_every`` actions of a plan and plans again from what it then sees; nothing here reads the
+simulator's notion of success.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ Energy = Callable[[Tensor], Tensor]
 @dataclass
 class Plan:
     actions: Tensor
-    """(H, A) the mean of the final Gaussian: the plan to execute."""
+    """(H, A) the plan to execute: the final Gaussian's mean, or the lowest-energy sequence scored
+    (``PlannerConfig.select``)."""
     energy: list[float]
     """Lowest energy found up to each iteration (non-increasing)."""
 
@@ -54,7 +56,7 @@ def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean
         elites, best = samples[order], samples[order[0]].clone()
         mean, std = elites.mean(0), elites.std(0).maximum(half * cfg.min_std)
         trace.append(scores[order[0]])
-    return Plan(mean, torch.stack(trace).float().tolist())
+    return Plan(best if cfg.select == "best" else mean, torch.stack(trace).float().tolist())
 
 
 def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Tensor | None = None,

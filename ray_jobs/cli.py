@@ -191,7 +191,8 @@ def _eval_plan(args: argparse.Namespace) -> None:
     if not policies or set(policies) - set(POLICIES):
         raise UsageError(f"--policies: choose from {','.join(POLICIES)}, got {args.policies!r}")
     planner = {k: v for k, v in {"samples": args.samples, "elites": args.elites, "iterations": args.iterations,
-                                 "horizon": args.horizon, "replan_every": args.replan_every}.items() if v is not None}
+                                 "horizon": args.horizon, "replan_every": args.replan_every,
+                                 "select": args.select}.items() if v is not None}
     connect()
     try:
         report, ref = evaluate_plan(args.model, env=args.env, episodes=args.episodes, policies=policies,
@@ -503,6 +504,9 @@ def _add_eval(sub) -> None:
                       help="goal i comes from seed SEED_BASE + i; tune planner settings on another base than the one you report")
     for name in ("samples", "elites", "iterations", "horizon", "replan-every"):
         plan.add_argument(f"--{name}", type=int, help=f"CEM {name.replace('-', ' ')} (default: the model's planner config)")
+    plan.add_argument("--select", choices=("best", "mean"),
+                      help="the plan CEM returns: the lowest-energy sequence scored, or the final Gaussian's mean "
+                           "(default: the model's planner config)")
     plan.set_defaults(func=_eval_plan)
 
 

@@ -54,11 +54,43 @@ def test_cem_lowers_the_latent_energy_of_a_toy_world_model():
     assert energy(plan.actions[None]).item() < 0.3 * start
 
 
+def test_the_plan_is_the_best_sequence_scored_or_the_final_mean():
+    """``select=best`` returns the lowest-energy sequence CEM scored, whose energy ends the trace;
+    ``select=mean`` the final Gaussian's mean. On an energy with two equally good minima the mean
+    of elites split between them lands between the two, where the energy is high."""
+    minima = torch.tensor([[[0.8]], [[-0.8]]])
+
+    def energy(s):
+        return (s[None] - minima[:, None]).abs().sum((2, 3)).min(0).values
+
+    seen = []
+
+    def recording(s):
+        seen.append(s.clone())
+        return energy(s)
+
+    low, high = -torch.ones(1), torch.ones(1)
+    for select in ("best", "mean"):
+        cfg = PlannerConfig(samples=40, elites=20, iterations=1, horizon=1, replan_every=1, select=select)
+        seen.clear()
+        plan = cem(recording, low, high, cfg, generator=torch.Generator().manual_seed(0))
+        scores = energy(seen[0])
+        if select == "best":
+            torch.testing.assert_close(plan.actions, seen[0][scores.argmin()])
+            assert energy(plan.actions[None]).item() == pytest.approx(plan.energy[-1])
+        else:
+            elites = seen[0][torch.topk(scores, 20, largest=False).indices]
+            torch.testing.assert_close(plan.actions, elites.mean(0))
+            assert energy(plan.actions[None]).item() > plan.energy[-1] + 0.3
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="elites"):
         PlannerConfig(samples=10, elites=20)
     with pytest.raises(ConfigError, match="replan_every"):
         PlannerConfig(horizon=2, replan_every=3)
+    with pytest.raises(ConfigError, match="select"):
+        PlannerConfig(select="median")
     with pytest.raises(ValueError, match="history actions"):
         latent_energy(ACPredictor(8, (2, 2), [-1.0], [1.0]), torch.zeros(1, 2, 4, 8), torch.zeros(4, 8))
 
