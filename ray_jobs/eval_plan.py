@@ -125,6 +125,9 @@ def served_client(url: str | None, ref: ModelRef, p: Protocol, cfg: PlannerConfi
     if (env["domain"], env["frameskip"], env["img_size"], env["replan_every"]) != (p.env, p.frameskip, p.img_size, cfg.replan_every):
         raise ValueError(f"{client.url} plans on {env['domain']} (frameskip {env['frameskip']}, {env['img_size']} px, "
                          f"replanning every {env['replan_every']}), not as this evaluation does")
+    if env["planner"]["select"] != cfg.select:
+        raise ValueError(f"{client.url} returns the CEM {env['planner']['select']} plan, not the {cfg.select} one "
+                         f"this evaluation asks for (--select)")
     return client
 
 

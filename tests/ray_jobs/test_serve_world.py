@@ -165,6 +165,8 @@ def test_a_client_through_v1_plan_reaches_what_eval_plan_reaches(served, world):
         served_client(url, ModelRef("models:/jepa-other/1", "jepa-other", 1, None), p, world.planner)
     with pytest.raises(ValueError, match="replanning every 5"):
         served_client(url, ModelRef.of(uri), p, dataclasses.replace(world.planner, replan_every=2))
+    with pytest.raises(ValueError, match="--select"):
+        served_client(url, ModelRef.of(uri), p, dataclasses.replace(world.planner, select="best"))
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
