@@ -330,16 +330,15 @@ class PlannerConfig:
     """Initial standard deviation, as a fraction of half the action range."""
     min_std: float = 0.05
     """Floor on the standard deviation, same units."""
-    select: str = "mean"
+    select: Literal["mean", "best"] = "mean"
     """The plan returned: ``best``, the lowest-energy sequence scored, or ``mean``, the final
     Gaussian's mean (the default; never scored itself, it can average elites that head different ways)."""
 
     def __post_init__(self) -> None:
+        check_choices(self, "planner.")
         for name, value in dataclasses.asdict(self).items():
             if name != "select" and not value > 0:
                 raise ConfigError(f"planner.{name}: must be > 0, got {value}")
-        if self.select not in ("best", "mean"):
-            raise ConfigError(f"planner.select: must be best or mean, got {self.select!r}")
         if self.elites > self.samples:
             raise ConfigError(f"planner.elites: {self.elites} exceeds planner.samples {self.samples}")
         if self.replan_every > self.horizon:
