@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if mask_index is None:
         raise SystemExit("the config has no future mask; surprise needs one")
     context_steps = cfg.masks[mask_index].context_steps
-    print(f"masks {cfg.masks}; freeze_encoder={args.freeze_encoder}; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"masks {cfg.masks}; freeze_encoder={args.freeze_encoder}; precision {cfg.train.precision}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
 
     t0 = time.time()
     videos, pairs = render_all(args.videos + 100, args.pairs, round(WORLD.fps / cfg.data.fps))
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(args.steps):
         clips = random_clips(train, args.batch_size, cfg.model.num_frames, g)
         out = train_step(model, [(clips, sample_masks(model.token_grid, cfg.masks, args.batch_size, g))], optimizer,
-                         lr_at(step, cfg.optim, args.steps), momentum, torch.device("cpu"))
+                         lr_at(step, cfg.optim, args.steps), momentum, torch.device("cpu"), cfg.train.precision)
         if (step + 1) % 50 == 0:
             print(f"step {step + 1:5d}  loss {out['loss']:.4f}  eff_rank {out['effective_rank']:.1f}  "
                   f"{time.time() - t0:.0f} s", flush=True)

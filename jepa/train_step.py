@@ -12,9 +12,11 @@ from jepa.masks import MaskBatch
 from jepa.optim import set_lr
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA (as the reference trains); full float32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    """bf16 autocast on CUDA (as the reference trains) or wherever ``precision`` is "bf16"; float32
+    otherwise (``train.precision``)."""
+    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 MicroBatch = tuple[Tensor, list[MaskBatch]]
@@ -33,6 +35,7 @@ def train_step(
     lr: float,
     momentum: float,
     device: torch.device,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """One optimizer step of `model` (a JEPA, possibly DDP-wrapped) over `micro_batches`.
 
@@ -49,7 +52,7 @@ def train_step(
         masks = [m.to(device, non_blocking=True) for m in masks]
         last = i == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else contextlib.nullcontext():
-            with _autocast(device):
+            with autocast(device, precision):
                 out = model(clips, masks)
             (out["loss"] / len(micro_batches)).backward()
         loss += out["loss"].item() / len(micro_batches)
@@ -69,6 +72,6 @@ def evaluate_loss(
     """The training loss and collapse statistics on held-out clips, without updating anything."""
     clips = clips.to(device, non_blocking=True)
     masks = [m.to(device, non_blocking=True) for m in masks]
-    with _autocast(device):
+    with autocast(device):
         out = model(clips, masks)
     return {"loss": out["loss"].item(), **_diagnostics(out)}

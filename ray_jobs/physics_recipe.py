@@ -70,7 +70,7 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     evaluated = load_evaluated_model(result.model_uri)
 
     stage(f"surprise on {pairs_uri}")
-    surprise = evaluate_surprise(evaluated, pairs_uri)
+    surprise = evaluate_surprise(evaluated, pairs_uri, precision=cfg.train.precision)
     record_surprise(evaluated, surprise)
     print(surprise.table().text())
 

@@ -51,7 +51,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(state.step, t.steps):
         micro_batches = [_micro_batch(clips, session, step) for _ in range(accum)]
         lr = lr_at(step, cfg.optim, t.steps)
-        metrics = train_step(model, micro_batches, optimizer, lr, cfg.optim.ema_momentum, session.device)
+        metrics = train_step(model, micro_batches, optimizer, lr, cfg.optim.ema_momentum, session.device,
+                             t.precision)
         state.step, state.clips_seen = step + 1, state.clips_seen + accum * t.batch_size
         steps_since += 1
         if session.logger and session.logger.due(step):

@@ -24,6 +24,7 @@ from jepa.ac_predictor import ACObjective
 from jepa.checkpoint import load_train_state, save_train_state
 from jepa.config import ACRunConfig, ConfigError, from_dict
 from jepa.optim import build_optimizer, lr_at
+from jepa.train_step import autocast
 from jepa.world_model import PREDICTOR_FILE, WorldModel, build_predictor, save_world_model
 from pipelines import storage
 from pipelines.episode_shards import DATASET_JSON, SHARDS, decode_window
@@ -147,7 +148,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         lr = lr_at(step, cfg.optim, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = objective(z, data.actions[pick].to(session.device), states)
+        with autocast(session.device, t.precision):
+            losses = objective(z, data.actions[pick].to(session.device), states)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()

@@ -9,7 +9,7 @@ from jepa.masks import MaskBatch, sample_masks
 from jepa.model import JEPA, build_jepa
 from jepa.optim import build_optimizer
 from jepa.predictor import Predictor
-from jepa.train_step import evaluate_loss, train_step
+from jepa.train_step import autocast, evaluate_loss, train_step
 from jepa.vit import VisionTransformer
 
 CPU = torch.device("cpu")
@@ -31,6 +31,29 @@ def test_loss_decreases_on_a_fixed_batch():
     masks = sample_masks(model.token_grid, MASKS, 4, torch.Generator().manual_seed(0))
     losses = [train_step(model, [(clips, masks)], opt, 1e-3, 0.99925, CPU)["loss"] for _ in range(30)]
     assert sum(losses[-5:]) / 5 < 0.85 * losses[0], losses
+
+
+def test_bf16_precision_trains_on_cpu_and_auto_stays_float32_there():
+    """train.precision=bf16 autocasts on a CPU too (the physics recipe's setting); auto and fp32 keep
+    float32 there."""
+    x, w = torch.randn(2, 8), torch.randn(8, 8)
+    with autocast(CPU, "bf16"):
+        assert (x @ w).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        with autocast(CPU, precision):
+            assert (x @ w).dtype == torch.float32
+
+    clips = F.interpolate(torch.randn(4, 3, 2, 2, 2), size=(8, 32, 32), mode="trilinear")
+    masks = sample_masks(_tiny_jepa().token_grid, MASKS, 4, torch.Generator().manual_seed(0))
+    first = {}
+    for precision in ("fp32", "bf16"):
+        model = _tiny_jepa()
+        opt = build_optimizer(model, OptimConfig())
+        losses = [train_step(model, [(clips, masks)], opt, 1e-3, 0.99925, CPU, precision)["loss"] for _ in range(30)]
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast model
+        assert sum(losses[-5:]) / 5 < 0.85 * losses[0], (precision, losses)
+        first[precision] = losses[0]
+    assert first["bf16"] == pytest.approx(first["fp32"], rel=0.02)
 
 
 def test_train_step_updates_and_reports():

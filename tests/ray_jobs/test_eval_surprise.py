@@ -63,6 +63,14 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
         main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--score-steps", "3", "--no-mlflow"])
     assert exit_info.value.code == 2 and "--score-steps must be in 1..2" in capsys.readouterr().err
 
+    # bf16 autocast (train.precision's choices) runs the same scoring and says so
+    main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--precision", "bf16", "--json",
+          "--no-mlflow", "--no-progress"])
+    bf16 = json.loads(capsys.readouterr().out)
+    assert result["settings"]["precision"] == "auto" and bf16["settings"]["precision"] == "bf16"
+    assert all(e["value"] == 0.5 for s in bf16["accuracy"]["control"].values() for e in s.values())
+    assert bf16["accuracy"]["permanence"]["trained"] == bf16["accuracy"]["permanence"]["random-init"]
+
 
 def test_eval_surprise_errors_are_one_line(pairs_uri, mlflow_env, capsys):
     with pytest.raises(SystemExit) as exit_info:
