@@ -59,24 +59,19 @@ def main(argv: list[str] | None = None) -> None:
                                   for v in pair] for _, pair in videos]
         print(f"{precision}: {time.perf_counter() - t0:.1f} s for {len(videos)} pairs", flush=True)
 
+    # per precision and statistic: each pair's outcome (1 right, 0.5 tie, 0 wrong)
+    outcome = {p: {stat: np.array([pair_correct(getattr(a, stat)(), getattr(b, stat)()) for a, b in curves[p]])
+                   for stat in ("max", "mean")} for p in curves}
+    kinds = np.array([k for k, _ in videos])
     print(f"{'type':<12} {'fp32 max/mean %':>16} {'bf16 max/mean %':>16} {'outcomes changed':>17} {'max rel. change':>16}")
     for kind in PAIR_TYPES:
-        rows = [i for i, (k, _) in enumerate(videos) if k == kind]
-        acc, changed = {}, 0
-        for precision in ("fp32", "bf16"):
-            acc[precision] = [np.mean([pair_correct(getattr(curves[precision][i][0], stat)(),
-                                                    getattr(curves[precision][i][1], stat)()) for i in rows])
-                              for stat in ("max", "mean")]
-        for i in rows:
-            for stat in ("max", "mean"):
-                outcome = [pair_correct(getattr(curves[p][i][0], stat)(), getattr(curves[p][i][1], stat)())
-                           for p in ("fp32", "bf16")]
-                changed += outcome[0] != outcome[1]
+        of = kinds == kind
+        changed = sum(int((outcome["fp32"][stat][of] != outcome["bf16"][stat][of]).sum()) for stat in ("max", "mean"))
         rel = max(float(np.max(np.abs(curves["bf16"][i][j] - curves["fp32"][i][j]) / curves["fp32"][i][j]))
-                  for i in rows for j in range(2))
-        cells = [f"{100 * acc[p][0]:.0f}/{100 * acc[p][1]:.0f}" for p in ("fp32", "bf16")]
-        print(f"{kind:<12} {cells[0]:>16} {cells[1]:>16} {f'{changed} of {2 * len(rows)}':>17} {100 * rel:>15.2f}%")
-
+                  for i in np.flatnonzero(of) for j in range(2))
+        cells = [f"{100 * outcome[p]['max'][of].mean():.0f}/{100 * outcome[p]['mean'][of].mean():.0f}"
+                 for p in ("fp32", "bf16")]
+        print(f"{kind:<12} {cells[0]:>16} {cells[1]:>16} {f'{changed} of {2 * of.sum()}':>17} {100 * rel:>15.2f}%")
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ Schedule = Literal["warmup_constant", "cosine"]
 Modality = Literal["video", "image"]
 MaskKind = Literal["multiblock", "future"]
 Precision = Literal["auto", "bf16", "fp32"]
+PlanSelect = Literal["mean", "best"]
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:
@@ -336,7 +337,7 @@ class PlannerConfig:
     """Initial standard deviation, as a fraction of half the action range."""
     min_std: float = 0.05
     """Floor on the standard deviation, same units."""
-    select: Literal["mean", "best"] = "mean"
+    select: PlanSelect = "mean"
     """The plan returned: ``best``, the lowest-energy sequence scored, or ``mean``, the final
     Gaussian's mean (the default; never scored itself, it can average elites that head different ways)."""
 

@@ -453,7 +453,7 @@ def _add_pretrain(sub) -> None:
 def _add_eval(sub) -> None:
     import typing
 
-    from jepa.config import Precision
+    from jepa.config import PlanSelect, Precision
 
     ev = sub.add_parser("eval", help="what a trained model learned: surprise on violation pairs, frozen probes")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
@@ -512,7 +512,7 @@ def _add_eval(sub) -> None:
                       help="goal i comes from seed SEED_BASE + i; tune planner settings on another base than the one you report")
     for name in ("samples", "elites", "iterations", "horizon", "replan-every"):
         plan.add_argument(f"--{name}", type=int, help=f"CEM {name.replace('-', ' ')} (default: the model's planner config)")
-    plan.add_argument("--select", choices=("best", "mean"),
+    plan.add_argument("--select", choices=typing.get_args(PlanSelect),
                       help="the plan CEM returns: the lowest-energy sequence scored, or the final Gaussian's mean "
                            "(default: the model's planner config)")
     plan.set_defaults(func=_eval_plan)
