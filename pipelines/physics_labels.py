@@ -7,7 +7,8 @@ describe exactly the frames the encoder saw:
 
 - ``num_balls`` (classification; the class is the count);
 - ``mean_speed``: |v| averaged over balls and the clip's frames, box units / s;
-- ``ball0_last_xy``: ball 0's (x, y) at the clip's last frame, box units (x right, y down).
+- ``ball0_last_xy``: ball 0's (x, y) at the clip's last frame, box units (x right, y down). Ball 0
+  is the red ball, the only one (``pipelines.synth_physics``), so the label names a ball the clip shows.
 """
 
 from __future__ import annotations

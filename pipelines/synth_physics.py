@@ -7,6 +7,8 @@ Conventions (also stored in each sidecar's parquet metadata under ``jepa.physics
   so gravity is +y. Pixel coordinates are ``x * size``. Velocities are box units per second.
 - Collisions are perfectly elastic, with the walls and between balls. Balls are uniform discs,
   so mass is proportional to radius^2.
+- Ball 0 is always pure red and no other ball is reddish (their hues keep ``OTHER_HUES``), so
+  "ball 0" names a ball a viewer (or a probe, ``pipelines.physics_labels``) can pick out.
 - ``visible`` is True when the ball's centre is not inside any occluder rectangle. Occluders are
   static and drawn in front of the balls; balls never overlap each other (beyond a substep's
   penetration), so another ball never hides a centre.
@@ -43,6 +45,10 @@ SIDECAR_SCHEMA = pa.schema(
     ]
 )
 METADATA_KEY = b"jepa.physics"
+NAMED_BALL_HSV = (0.0, 1.0, 1.0)
+"""Ball 0's colour (hue, saturation, value): pure red."""
+OTHER_HUES = (0.15, 0.85)
+"""Hue range (turns) of the other balls: at least 54 degrees from ball 0's red."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,17 @@ def _background(size: int, rng: np.random.Generator, plain: bool = False) -> np.
     return (c0 + (c1 - c0) * mix[..., None]).astype(np.float32)
 
 
+def _ball_color(index: int, rng: np.random.Generator) -> np.ndarray:
+    """Ball ``index``'s RGB: ball 0 is red (``NAMED_BALL_HSV``), the others vivid and not reddish.
+    Every ball draws the same three numbers, so the colours leave the rest of the scene's draws as
+    they were."""
+    hue, saturation, value = rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.8, 1.0)
+    if index == 0:
+        return _hsv_to_rgb(*NAMED_BALL_HSV)
+    lo, hi = OTHER_HUES
+    return _hsv_to_rgb(lo + (hi - lo) * hue, saturation, value)
+
+
 def sample_scene(cfg: PhysicsConfig, rng: np.random.Generator) -> Scene:
     """Random balls (non-overlapping at t = 0), occluders and background."""
     n = int(rng.integers(cfg.min_balls, cfg.max_balls + 1))
@@ -155,7 +172,7 @@ def sample_scene(cfg: PhysicsConfig, rng: np.random.Generator) -> Scene:
     speed = rng.uniform(*cfg.speed_range, size=n)
     angle = rng.uniform(0, 2 * np.pi, size=n)
     velocity = np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=1)
-    color = np.stack([_hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.8, 1.0)) for _ in range(n)])
+    color = np.stack([_ball_color(i, rng) for i in range(n)])
 
     k = int(rng.integers(0, cfg.max_occluders + 1))
     wh = rng.uniform(*cfg.occluder_size_range, size=(k, 2))

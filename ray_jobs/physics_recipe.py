@@ -27,7 +27,7 @@ balls' motion rather than texture."""
 class RecipeSizes:
     train_videos: int = 1000
     pairs_per_type: int = 200
-    probe_videos: int = 400
+    probe_videos: int = 1500
 
 
 def _synth_once(uri: str, n: int, seed: int) -> None:

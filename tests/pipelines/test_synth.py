@@ -1,3 +1,4 @@
+import colorsys
 import json
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 
 from pipelines.synth_physics import (
     METADATA_KEY,
+    NAMED_BALL_HSV,
+    OTHER_HUES,
     PhysicsConfig,
     Scene,
     make_video,
@@ -63,6 +66,18 @@ def test_scene_sampling_and_balls_stay_in_the_box(seed):
     states = simulate(SMALL, scene)
     r = scene.radius[None, :, None]
     assert (states.position - r >= -1e-9).all() and (states.position + r <= 1 + 1e-9).all()
+
+
+def test_ball_zero_is_the_only_red_ball():
+    # probes name ball 0 (`physics_labels`): it must be told apart by sight in every video
+    lo, hi = OTHER_HUES
+    others = []
+    for seed in range(40):
+        color = sample_scene(SMALL, np.random.default_rng(seed)).color
+        assert np.allclose(colorsys.rgb_to_hsv(*color[0]), NAMED_BALL_HSV)
+        others += [colorsys.rgb_to_hsv(*c)[0] for c in color[1:]]
+    assert len(others) > 20 and all(lo - 1e-9 <= h <= hi + 1e-9 for h in others)
+    assert max(others) - min(others) > 0.5  # still spread over the other hues
 
 
 def test_gravity_accelerates_between_bounces():
