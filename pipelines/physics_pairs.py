@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from pipelines import storage
 from pipelines.synth_physics import (
-    PhysicsConfig, Scene, States, integrate, render, sample_scene, state_table, video_seed,
+    GENERATOR_VERSION, PhysicsConfig, Scene, States, integrate, render, sample_scene, state_table, video_seed,
     visible,
 )  # fmt: skip
 from pipelines.video import encode_mp4
@@ -735,12 +735,18 @@ def synthesize_pairs(
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
                     bar.update()
-    meta = {"version": 1, "seed": seed, "config": asdict(cfg), "onset_range_s": list(onset_range_s),
+    meta = {"version": 1, "generator": GENERATOR_VERSION, "seed": seed, "config": asdict(cfg), "onset_range_s": list(onset_range_s),
             "types": list(types), "n_pairs": n_pairs}  # fmt: skip
     schema = PAIRS_SCHEMA.with_metadata({PAIRS_METADATA_KEY: json.dumps(meta).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
     storage.put_table(storage.join_uri(out_uri, PAIRS_FILE), table, settings)
     return table
+
+
+def pairs_world(table: pa.Table) -> tuple[int, dict]:
+    """(generator version, world config as JSON) of a ``read_pairs`` table's videos."""
+    meta = json.loads(table.schema.metadata[PAIRS_METADATA_KEY])
+    return int(meta.get("generator", 1)), meta["config"]
 
 
 def read_pairs(uri: str, settings: storage.S3Settings | None = None) -> pa.Table:

@@ -45,6 +45,10 @@ SIDECAR_SCHEMA = pa.schema(
     ]
 )
 METADATA_KEY = b"jepa.physics"
+GENERATOR_VERSION = 2
+"""Raised whenever the same (config, seed) starts to give different videos (2: ball 0 is red).
+Sidecars and pairs.parquet record it, so data made by another generator is not taken for this
+one's; sidecars without it are version 1."""
 NAMED_BALL_HSV = (0.0, 1.0, 1.0)
 """Ball 0's colour (hue, saturation, value): pure red."""
 OTHER_HUES = (0.15, 0.85)
@@ -329,6 +333,7 @@ def state_table(cfg: PhysicsConfig, scene: Scene, states: States, seed: int | No
     }
     meta = {
         "version": 1,
+        "generator": GENERATOR_VERSION,
         "seed": seed,
         "config": asdict(cfg),
         "units": "box: image = [0,1]^2, x right, y down; velocities per second",
@@ -339,6 +344,17 @@ def state_table(cfg: PhysicsConfig, scene: Scene, states: States, seed: int | No
     }
     schema = SIDECAR_SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta).encode()})
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def sidecar_world(table: pa.Table) -> tuple[int, dict]:
+    """(generator version, world config as JSON) a sidecar's video was made with."""
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    return int(meta.get("generator", 1)), meta["config"]
+
+
+def world_as_json(cfg: PhysicsConfig) -> dict:
+    """``cfg`` as sidecars and pairs.parquet store it (tuples become lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def render_video(cfg: PhysicsConfig, seed: int) -> tuple[Scene, States, np.ndarray]:

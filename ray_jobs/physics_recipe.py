@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from jepa.config import load_config
 from pipelines.direct_clips import list_videos
-from pipelines.storage import join_uri, list_objects
-from pipelines.physics_pairs import synthesize_pairs
-from pipelines.synth_physics import PhysicsConfig, synthesize
+from pipelines.physics_labels import sidecar_uri
+from pipelines.physics_pairs import pairs_world, read_pairs, synthesize_pairs
+from pipelines.storage import get_bytes, join_uri, list_objects
+from pipelines.synth_physics import GENERATOR_VERSION, PhysicsConfig, sidecar_world, synthesize, world_as_json
 from ray_jobs.stages import Stages, local_stack
 
 WORLD = PhysicsConfig(size=64, fps=16, seconds=4.0, background="plain", max_balls=3, radius_range=(0.08, 0.13))
@@ -31,11 +35,23 @@ class RecipeSizes:
 
 
 def _synth_once(uri: str, n: int, seed: int) -> None:
-    have = len(list_videos(uri))
-    if have >= n:
-        print(f"{have} videos already in {uri}; reusing them")
+    videos = list_videos(uri)
+    if len(videos) >= n:
+        table = pq.read_table(pa.BufferReader(get_bytes(sidecar_uri(videos[0]))))
+        _check_reusable(uri, *sidecar_world(table))
+        print(f"{len(videos)} videos already in {uri}; reusing them")
     else:
         synthesize(n, uri, seed=seed, cfg=WORLD)
+
+
+def _check_reusable(uri: str, generator: int, world: dict) -> None:
+    """Reuse only data this generator would make for the recipe's world: stale videos (e.g. from
+    before ball 0 was red) would give other figures, and probe labels naming no visible ball."""
+    if generator != GENERATOR_VERSION or world != world_as_json(WORLD):
+        what = (f"generator version {generator}, this code writes {GENERATOR_VERSION}" if generator != GENERATOR_VERSION
+                else "another world config than the recipe's")
+        raise ValueError(f"{uri} holds physics data made by {what}: delete it (the recipe then synthesises "
+                         f"afresh) or point data.source elsewhere")
 
 
 def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (), sizes: RecipeSizes | None = None,
@@ -61,6 +77,7 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     _synth_once(cfg.data.source, sizes.train_videos, seed=cfg.train.seed)
     _synth_once(probe_uri, sizes.probe_videos, seed=cfg.train.seed + 2)
     if any(list_objects(pairs_uri, suffixes=("pairs.parquet",))):
+        _check_reusable(pairs_uri, *pairs_world(read_pairs(pairs_uri)))
         print(f"pairs already in {pairs_uri}; reusing them")
     else:
         synthesize_pairs(sizes.pairs_per_type, pairs_uri, seed=cfg.train.seed + 1, cfg=WORLD)
