@@ -735,8 +735,8 @@ def synthesize_pairs(
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
                     bar.update()
-    meta = {"version": 1, "generator": GENERATOR_VERSION, "seed": seed, "config": asdict(cfg), "onset_range_s": list(onset_range_s),
-            "types": list(types), "n_pairs": n_pairs}  # fmt: skip
+    meta = {"version": 1, "generator": GENERATOR_VERSION, "seed": seed, "config": asdict(cfg),
+            "onset_range_s": list(onset_range_s), "types": list(types), "n_pairs": n_pairs}  # fmt: skip
     schema = PAIRS_SCHEMA.with_metadata({PAIRS_METADATA_KEY: json.dumps(meta).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
     storage.put_table(storage.join_uri(out_uri, PAIRS_FILE), table, settings)
