@@ -12,9 +12,13 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
   the model's own target features (what those features let a "nothing moves" model tell apart);
   in square brackets, the pixel extrapolator's. ``--score-steps 0,1`` scores the pairs once per
   value (0: every predicted step in a window's surprise; N: the first N, as ``--score-steps``).
+- with ``--probe-videos N``, **probes** of the target encoder on N more videos' first clips (the
+  tasks, probe and head grid of `jepa eval probe`; 60/20/20 split), test accuracy or R² per task;
+  at step 0 that is the random initialisation, and pixels are probed once beside it.
 
     python bench/bench_physics_learning.py --steps 600 --eval-every 200
     python bench/bench_physics_learning.py --context-steps 7 --freeze-encoder
+    python bench/bench_physics_learning.py --steps 300 --eval-every 150 --probe-videos 1500
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
 from jepa.model import JEPA, build_jepa  # noqa: E402
 from jepa.objective import normalize_targets  # noqa: E402
 from jepa.optim import build_optimizer, lr_at  # noqa: E402
+from jepa.probe import evaluate as evaluate_probe  # noqa: E402
+from jepa.probe import pixel_features, train_probes  # noqa: E402
 from jepa.surprise import Windows, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve  # noqa: E402
 from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
 from pipelines.physics_pairs import indexed_pair  # noqa: E402
-from pipelines.synth_physics import render_video, video_seed  # noqa: E402
+from pipelines.physics_labels import PhysicsLabels, clip_labels, physics_tasks, task_targets  # noqa: E402
+from pipelines.synth_physics import render_video, state_table, video_seed  # noqa: E402
 from ray_jobs.physics_recipe import WORLD  # noqa: E402
 
 PAIR_TYPES = ("continuity", "permanence", "inertia", "control")
@@ -66,6 +73,45 @@ def render_all(n_videos: int, n_pairs: int, step: int) -> tuple[torch.Tensor, li
         pairs = list(pool.map(_pair, [(k, i) for k in PAIR_TYPES for i in range(n_pairs)]))
     return (torch.from_numpy(np.stack(videos)[:, ::step].copy()),
             [(k, a[::step].copy(), b[::step].copy()) for k, a, b in pairs])
+
+
+PROBE_SEED = 5
+"""Run seed of the probe videos (the training videos' is 0, the pairs' their own)."""
+
+
+def _probe_video(args: tuple[int, int, int]) -> tuple[np.ndarray, PhysicsLabels]:
+    """A probe video's first clip at the recipe's fps and its labels, as `jepa eval probe` takes them."""
+    index, step, frames = args
+    scene, states, video = render_video(WORLD, video_seed(PROBE_SEED, index))
+    table = state_table(WORLD, scene, states)
+    labels = clip_labels({n: table.column(n).to_numpy() for n in table.column_names}, frames, WORLD.fps / step)
+    return video[: frames * step : step], labels
+
+
+def render_probe_set(n: int, step: int, frames: int) -> tuple[np.ndarray, list[PhysicsLabels]]:
+    with ProcessPoolExecutor(2) as pool:
+        out = list(pool.map(_probe_video, [(i, step, frames) for i in range(n)], chunksize=20))
+    return np.stack([clip for clip, _ in out]), [labels for _, labels in out]
+
+
+@torch.no_grad()
+def _features(encode, clips: np.ndarray) -> torch.Tensor:
+    return torch.cat([encode(clips_to_tensor(torch.from_numpy(clips[i : i + 64]))).float() for i in range(0, len(clips), 64)])
+
+
+def probe_scores(encode, clips: np.ndarray, labels: list[PhysicsLabels], model: JEPA) -> dict[str, float]:
+    """Test metric per task of the val-selected probe head on ``encode``'s features (videos split
+    60/20/20 by index)."""
+    feats, split = _features(encode, clips), np.arange(len(clips)) % 5
+    idx = {name: torch.as_tensor(np.flatnonzero(sel)) for name, sel in
+           (("train", split < 3), ("val", split == 3), ("test", split == 4))}
+    out = {}
+    for task in physics_tasks(labels):
+        y = task_targets(labels, task.name)
+        fit = train_probes(feats[idx["train"]], y[idx["train"]], feats[idx["val"]], y[idx["val"]], task,
+                           width=model.encoder.embed_dim, token_grid=model.token_grid)
+        out[task.name] = evaluate_probe(fit, feats[idx["test"]], y[idx["test"]]).test.value
+    return out
 
 
 def random_clips(videos: torch.Tensor, n: int, frames: int, g: torch.Generator) -> torch.Tensor:
@@ -135,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--future-only", action="store_true", help="train with the future mask alone")
     ap.add_argument("--freeze-encoder", action="store_true",
                     help="keep the encoder at its random init (targets fixed): does the predictor alone learn?")
+    ap.add_argument("--probe-videos", type=int, default=0, help="probe the target encoder on this many videos (0: no probes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=5e-4")
     args = ap.parse_args(argv)
@@ -157,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     train, held = videos[:-100], videos[-100:]
     print(f"rendered {len(videos)} videos {tuple(videos.shape[1:])} and {len(pairs)} pairs in {time.time() - t0:.0f} s", flush=True)
 
+    probe_set = None
+    if args.probe_videos:
+        t0 = time.time()
+        probe_set = render_probe_set(args.probe_videos, round(WORLD.fps / cfg.data.fps), cfg.model.num_frames)
+        print(f"rendered {args.probe_videos} probe clips in {time.time() - t0:.0f} s", flush=True)
+
     model = build_jepa(cfg.model, len(cfg.masks))
     if args.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -173,6 +226,14 @@ def main(argv: list[str] | None = None) -> None:
             cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}]" for k, (a, b, c, d, e, f) in acc.items())
             print(f"  {'all' if not score_steps else score_steps} predicted steps scored, pairs max/mean % "
                   f"(copy-forward's) [pixels']: {cells}", flush=True)
+        if probe_set is not None:
+            encoders = {"target encoder": model.embed}
+            if step == 0:
+                m = cfg.model
+                encoders["pixels"] = lambda x: pixel_features(x, m.patch_size, m.tubelet_size)
+            for name, encode in encoders.items():
+                scores = probe_scores(encode, *probe_set, model)
+                print(f"  probes, {name}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
 
     t0 = time.time()
     evaluate(0)
