@@ -47,7 +47,7 @@ from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
 from pipelines.physics_pairs import indexed_pair  # noqa: E402
-from pipelines.physics_labels import PhysicsLabels, clip_labels, physics_tasks, task_targets  # noqa: E402
+from pipelines.physics_labels import PhysicsLabels, clip_labels, physics_tasks, sidecar_columns, task_targets  # noqa: E402
 from pipelines.synth_physics import render_video, state_table, video_seed  # noqa: E402
 from ray_jobs.physics_recipe import WORLD  # noqa: E402
 
@@ -83,8 +83,7 @@ def _probe_video(args: tuple[int, int, int]) -> tuple[np.ndarray, PhysicsLabels]
     """A probe video's first clip at the recipe's fps and its labels, as `jepa eval probe` takes them."""
     index, step, frames = args
     scene, states, video = render_video(WORLD, video_seed(PROBE_SEED, index))
-    table = state_table(WORLD, scene, states)
-    labels = clip_labels({n: table.column(n).to_numpy() for n in table.column_names}, frames, WORLD.fps / step)
+    labels = clip_labels(sidecar_columns(state_table(WORLD, scene, states)), frames, WORLD.fps / step)
     return video[: frames * step : step], labels
 
 

@@ -17,6 +17,7 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jepa.probe import ProbeTask
@@ -87,10 +88,14 @@ def clip_labels(sidecar: dict[str, np.ndarray], num_frames: int, fps: float) -> 
     )
 
 
+def sidecar_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """A sidecar table -> {column: array}, as ``clip_labels`` takes it."""
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
 def read_sidecar(data: bytes) -> dict[str, np.ndarray]:
     """Parquet bytes -> {column: array}."""
-    table = pq.read_table(io.BytesIO(data))
-    return {name: table.column(name).to_numpy() for name in table.column_names}
+    return sidecar_columns(pq.read_table(io.BytesIO(data)))
 
 
 def video_labels(video_uri: str, num_frames: int, fps: float) -> PhysicsLabels:

@@ -743,12 +743,6 @@ def synthesize_pairs(
     return table
 
 
-def pairs_world(table: pa.Table) -> tuple[int, dict]:
-    """(generator version, world config as JSON) of a ``read_pairs`` table's videos."""
-    meta = json.loads(table.schema.metadata[PAIRS_METADATA_KEY])
-    return int(meta.get("generator", 1)), meta["config"]
-
-
 def read_pairs(uri: str, settings: storage.S3Settings | None = None) -> pa.Table:
     """pairs.parquet of a folder written by ``synthesize_pairs`` (or the file's own URI);
     raises ValueError when a required column is missing or has the wrong type."""

@@ -346,9 +346,10 @@ def state_table(cfg: PhysicsConfig, scene: Scene, states: States, seed: int | No
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def sidecar_world(table: pa.Table) -> tuple[int, dict]:
-    """(generator version, world config as JSON) a sidecar's video was made with."""
-    meta = json.loads(table.schema.metadata[METADATA_KEY])
+def recorded_world(table: pa.Table, key: bytes = METADATA_KEY) -> tuple[int, dict]:
+    """(generator version, world config as JSON) recorded in ``table``'s metadata under ``key``: a
+    sidecar's (the default), or pairs.parquet's (``physics_pairs.PAIRS_METADATA_KEY``)."""
+    meta = json.loads(table.schema.metadata[key])
     return int(meta.get("generator", 1)), meta["config"]
 
 

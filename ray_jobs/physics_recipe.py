@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from jepa.config import load_config
 from pipelines.direct_clips import list_videos
 from pipelines.physics_labels import sidecar_uri
-from pipelines.physics_pairs import pairs_world, read_pairs, synthesize_pairs
+from pipelines.physics_pairs import PAIRS_METADATA_KEY, read_pairs, synthesize_pairs
 from pipelines.storage import get_bytes, join_uri, list_objects
-from pipelines.synth_physics import GENERATOR_VERSION, PhysicsConfig, sidecar_world, synthesize, world_as_json
+from pipelines.synth_physics import GENERATOR_VERSION, PhysicsConfig, recorded_world, synthesize, world_as_json
 from ray_jobs.stages import Stages, local_stack
 
 WORLD = PhysicsConfig(size=64, fps=16, seconds=4.0, background="plain", max_balls=3, radius_range=(0.08, 0.13))
@@ -38,7 +38,7 @@ def _synth_once(uri: str, n: int, seed: int) -> None:
     videos = list_videos(uri)
     if len(videos) >= n:
         table = pq.read_table(pa.BufferReader(get_bytes(sidecar_uri(videos[0]))))
-        _check_reusable(uri, *sidecar_world(table))
+        _check_reusable(uri, *recorded_world(table))
         print(f"{len(videos)} videos already in {uri}; reusing them")
     else:
         synthesize(n, uri, seed=seed, cfg=WORLD)
@@ -77,7 +77,7 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     _synth_once(cfg.data.source, sizes.train_videos, seed=cfg.train.seed)
     _synth_once(probe_uri, sizes.probe_videos, seed=cfg.train.seed + 2)
     if any(list_objects(pairs_uri, suffixes=("pairs.parquet",))):
-        _check_reusable(pairs_uri, *pairs_world(read_pairs(pairs_uri)))
+        _check_reusable(pairs_uri, *recorded_world(read_pairs(pairs_uri), PAIRS_METADATA_KEY))
         print(f"pairs already in {pairs_uri}; reusing them")
     else:
         synthesize_pairs(sizes.pairs_per_type, pairs_uri, seed=cfg.train.seed + 1, cfg=WORLD)

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.physics_pairs import pairs_world, synthesize_pairs
-from pipelines.synth_physics import GENERATOR_VERSION, synthesize, world_as_json
+from pipelines.physics_pairs import PAIRS_METADATA_KEY, synthesize_pairs
+from pipelines.synth_physics import GENERATOR_VERSION, recorded_world, synthesize, world_as_json
 from ray_jobs import physics_recipe
 from ray_jobs.physics_recipe import WORLD, _check_reusable, _synth_once
 
@@ -31,7 +31,7 @@ def test_recipe_refuses_videos_of_another_generator(tmp_path, monkeypatch):
 
 def test_pairs_record_their_generator_and_world(tmp_path):
     table = synthesize_pairs(1, str(tmp_path), seed=0, cfg=WORLD, types=["control"], progress=False)
-    assert pairs_world(table) == (GENERATOR_VERSION, world_as_json(WORLD))
-    _check_reusable(str(tmp_path), *pairs_world(table))  # the recipe's own pairs pass
+    assert recorded_world(table, PAIRS_METADATA_KEY) == (GENERATOR_VERSION, world_as_json(WORLD))
+    _check_reusable(str(tmp_path), *recorded_world(table, PAIRS_METADATA_KEY))  # the recipe's own pairs pass
     with pytest.raises(ValueError, match="generator version 1"):
         _check_reusable(str(tmp_path), 1, world_as_json(WORLD))
