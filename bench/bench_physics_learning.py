@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--freeze-encoder", action="store_true",
                     help="keep the encoder at its random init (targets fixed): does the predictor alone learn?")
     ap.add_argument("--probe-videos", type=int, default=0, help="probe the target encoder on this many videos (0: no probes)")
+    ap.add_argument("--probe-context", action="store_true",
+                    help="probe the context encoder too (the one trained by gradient; with optim.ema_momentum=1 the "
+                         "targets stay at their random init and only it learns)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=5e-4")
     args = ap.parse_args(argv)
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"(copy-forward's) [pixels']: {cells}", flush=True)
         if probe_set is not None:
             encoders = {"target encoder": model.embed}
+            if args.probe_context and step > 0:
+                encoders["context encoder"] = model.encoder
             if step == 0:
                 m = cfg.model
                 encoders["pixels"] = lambda x: pixel_features(x, m.patch_size, m.tubelet_size)
