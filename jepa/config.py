@@ -30,6 +30,7 @@ Modality = Literal["video", "image"]
 MaskKind = Literal["multiblock", "future"]
 Precision = Literal["auto", "bf16", "fp32"]
 PlanSelect = Literal["mean", "best"]
+PlanEnergy = Literal["final", "min", "mean"]
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:
@@ -341,10 +342,15 @@ class PlannerConfig:
     """The plan returned: ``best``, the lowest-energy sequence scored, or ``mean``, the final
     Gaussian's mean (the default; never scored itself, it can average elites that head different ways)."""
 
+    energy: PlanEnergy = "final"
+    """How a sequence's imagined steps make its energy: the distance to the goal after the last
+    step (``final``, V-JEPA 2-AC's), the closest step (``min``: a goal passed through counts, as
+    it does in the reacher protocol), or the mean over steps (``mean``: arrive soon and stay)."""
+
     def __post_init__(self) -> None:
         check_choices(self, "planner.")
         for name, value in dataclasses.asdict(self).items():
-            if name != "select" and not value > 0:
+            if name not in ("select", "energy") and not value > 0:
                 raise ConfigError(f"planner.{name}: must be > 0, got {value}")
         if self.elites > self.samples:
             raise ConfigError(f"planner.elites: {self.elites} exceeds planner.samples {self.samples}")

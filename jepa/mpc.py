@@ -39,8 +39,8 @@ def plan_toward(world: WorldModel, observation: np.ndarray, goal: Tensor, state:
             raise ValueError("this world model reads the state (qpos, qvel) with each observation")
         states = torch.as_tensor(np.asarray(state, np.float32), device=context.device)[None, None]
     low, high = world.predictor.action_low, world.predictor.action_high
-    plan: Plan = cem(latent_energy(world.predictor, context, goal, states=states), low, high, cfg,
-                     init_mean=init_mean, generator=generator)
+    energy = latent_energy(world.predictor, context, goal, states=states, over_steps=cfg.energy)
+    plan: Plan = cem(energy, low, high, cfg, init_mean=init_mean, generator=generator)
     return PlanCall(plan.actions.float().cpu().numpy(), plan.energy, time.perf_counter() - t0)
 
 

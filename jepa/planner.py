@@ -4,7 +4,8 @@ Each iteration samples action sequences from a Gaussian (clipped to the env's bo
 of them with one batched call of an energy function, and refits the Gaussian to the lowest-energy
 ``elites``; the plan is the final mean, or the lowest-energy sequence scored (``select``). With a
 world model the energy is the L1 distance between the representation the model imagines after the
-sequence and the goal image's (``latent_energy``). Model predictive control executes the first
+sequence (or the closest, or the mean, of its imagined steps: ``PlannerConfig.energy``) and the
+goal image's (``latent_energy``). Model predictive control executes the first
 ``replan_every`` actions of a plan and plans again from what it then sees; nothing here reads the
 simulator's notion of success.
 """
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from jepa.ac_predictor import ACPredictor
-from jepa.config import PlannerConfig
+from jepa.config import PlanEnergy, PlannerConfig
 
 Energy = Callable[[Tensor], Tensor]
 """(S, H, A) action sequences -> (S,) energies, lower is better."""
@@ -60,10 +61,11 @@ def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean
 
 
 def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Tensor | None = None,
-                  states: Tensor | None = None) -> Energy:
-    """Energy of action sequences under ``model``: mean L1 between the imagined last frame's
-    tokens and the goal's. context (1, C, N, E) and goal (N, E) are layer-normed encoder tokens;
-    ``history`` (C - 1, A) the actions that led through the context; ``states`` (1, C, S)."""
+                  states: Tensor | None = None, over_steps: PlanEnergy = "final") -> Energy:
+    """Energy of action sequences under ``model``: mean L1 between an imagined frame's tokens and
+    the goal's, for the last imagined frame or reduced over all of them (``over_steps``, see
+    ``PlannerConfig.energy``). context (1, C, N, E) and goal (N, E) are layer-normed encoder
+    tokens; ``history`` (C - 1, A) the actions that led through the context; ``states`` (1, C, S)."""
     C = context.shape[1]
     history = context.new_zeros(0, model.action_dim) if history is None else history
     if history.shape[0] != C - 1:
@@ -73,7 +75,18 @@ def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Te
     def energy(samples: Tensor) -> Tensor:
         S, H, _ = samples.shape
         actions = torch.cat((history.expand(S, -1, -1), samples), 1)
-        final = model.rollout(context, actions, states, steps=H).frames[:, -1]  # (S, N, E)
-        return (final - goal).abs().mean(dim=(1, 2))
+        frames = model.rollout(context, actions, states, steps=H).frames  # (S, H, N, E)
+        return reduce_steps((frames - goal).abs().mean(dim=(2, 3)), over_steps)
 
     return energy
+
+
+def reduce_steps(distances: Tensor, over_steps: PlanEnergy) -> Tensor:
+    """(S, H) per-step distances to the goal -> (S,) energies (``PlannerConfig.energy``)."""
+    if over_steps == "final":
+        return distances[:, -1]
+    if over_steps == "min":
+        return distances.min(dim=1).values
+    if over_steps == "mean":
+        return distances.mean(dim=1)
+    raise ValueError(f"energy over steps: {over_steps!r} is not one of final, min, mean")

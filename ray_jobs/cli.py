@@ -193,7 +193,7 @@ def _eval_plan(args: argparse.Namespace) -> None:
         raise UsageError(f"--policies: choose from {','.join(POLICIES)}, got {args.policies!r}")
     planner = {k: v for k, v in {"samples": args.samples, "elites": args.elites, "iterations": args.iterations,
                                  "horizon": args.horizon, "replan_every": args.replan_every,
-                                 "select": args.select}.items() if v is not None}
+                                 "select": args.select, "energy": args.energy}.items() if v is not None}
     connect()
     try:
         report, ref = evaluate_plan(args.model, env=args.env, episodes=args.episodes, policies=policies,
@@ -453,7 +453,7 @@ def _add_pretrain(sub) -> None:
 def _add_eval(sub) -> None:
     import typing
 
-    from jepa.config import PlanSelect, Precision
+    from jepa.config import PlanEnergy, PlanSelect, Precision
 
     ev = sub.add_parser("eval", help="what a trained model learned: surprise on violation pairs, frozen probes")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
@@ -515,6 +515,9 @@ def _add_eval(sub) -> None:
     plan.add_argument("--select", choices=typing.get_args(PlanSelect),
                       help="the plan CEM returns: the lowest-energy sequence scored, or the final Gaussian's mean "
                            "(default: the model's planner config)")
+    plan.add_argument("--energy", choices=typing.get_args(PlanEnergy),
+                      help="a sequence's energy: the distance to the goal after its last imagined step, the closest "
+                           "step, or the mean over steps (default: the model's planner config)")
     plan.set_defaults(func=_eval_plan)
 
 

@@ -128,6 +128,9 @@ def served_client(url: str | None, ref: ModelRef, p: Protocol, cfg: PlannerConfi
     if env["planner"]["select"] != cfg.select:
         raise ValueError(f"{client.url} returns the CEM {env['planner']['select']} plan, not the {cfg.select} one "
                          f"this evaluation asks for (--select)")
+    if env["planner"]["energy"] != cfg.energy:
+        raise ValueError(f"{client.url} plans with the {env['planner']['energy']} energy, not the "
+                         f"{cfg.energy} one this evaluation asks for (--energy)")
     return client
 
 
@@ -139,21 +142,24 @@ def random_episode(p: Protocol, episode: int) -> EpisodeResult:
     return EpisodeResult(episode, "random", ep.outcome(), goal.start_distance)
 
 
-def simulate_each(ep: Episode, samples: np.ndarray, p: Protocol, visit):
+def simulate_each(ep: Episode, samples: np.ndarray, p: Protocol, visit, every_step: bool = False):
     """Simulate every action sequence of ``samples`` (S, H, A) from the episode's current state,
-    each action held ``frameskip`` control steps, and return ``visit(env)`` at each one's end; the
-    episode's state is left as it was."""
+    each action held ``frameskip`` control steps, and return ``visit(env)`` at each one's end (with
+    ``every_step``, a list of it after each agent step); the episode's state is left as it was."""
     physics = ep.env.physics
     start = physics.get_state().copy()
     out = []
     for sequence in samples:
         physics.set_state(start)
         physics.forward()  # dm_control's step finishes the step its last forward began: that must be this state's
+        seen = []
         for action in sequence:
             physics.set_control(action)
             for _ in range(p.frameskip):
                 physics.step()
-        out.append(visit(ep.env))
+            if every_step:
+                seen.append(visit(ep.env))
+        out.append(seen if every_step else visit(ep.env))
     physics.set_state(start)
     physics.forward()
     return out
@@ -206,13 +212,17 @@ def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: in
     predictor would reach, so the gap to ``world-model`` is the predictor's and the gap from here to
     ``simulator-cem`` the energy's (and the search's)."""
     from jepa.mpc import warm_start
+    from jepa.planner import reduce_steps
 
     def energy_of(ep: Episode, goal):
         target = world.encode(goal.image[None])[0]
 
         def energy(samples):
-            frames = simulate_each(ep, samples.numpy(), p, lambda env: render(p, env))
-            return (world.encode(np.stack(frames)) - target).abs().mean(dim=(1, 2))
+            S, H, _ = samples.shape
+            every_step = cfg.energy != "final"
+            frames = np.stack(simulate_each(ep, samples.numpy(), p, lambda env: render(p, env), every_step))
+            tokens = world.encode(frames.reshape(-1, *frames.shape[-3:])).view(S, -1, *target.shape)
+            return reduce_steps((tokens - target).abs().mean(dim=(2, 3)), cfg.energy)
         return energy
 
     return simulator_episode("simulator-energy", p, episode, cfg, energy_of,

@@ -84,6 +84,28 @@ def test_the_plan_is_the_best_sequence_scored_or_the_final_mean():
             assert energy(plan.actions[None]).item() > plan.energy[-1] + 0.3
 
 
+def test_the_energy_reads_the_last_the_closest_or_every_imagined_step():
+    """``planner.energy``: a sequence's energy is its last imagined frame's distance to the goal,
+    the smallest distance over its imagined frames, or their mean; on a goal one sequence passes
+    through and leaves, only ``min`` ranks that sequence first."""
+    torch.manual_seed(0)
+    model = ACPredictor(8, (2, 2), [-1.0, -1.0], [1.0, 1.0], dim=16, depth=1, num_heads=2).eval()
+    for p in model.parameters():  # away from the copy-forward start, so every step depends on the actions
+        torch.nn.init.normal_(p, std=0.5)
+    context = layer_normed(torch.randn(1, 1, 4, 8))
+    samples = torch.rand(6, 3, 2) * 2 - 1
+    with torch.no_grad():
+        frames = model.rollout(context, samples, steps=3).frames  # (6, 3, N, E)
+    goal = frames[2, 0]  # sequence 2 passes through the goal at its first step
+    distances = (frames - goal).abs().mean(dim=(2, 3))  # (6, 3)
+    energies = {how: latent_energy(model, context, goal, over_steps=how)(samples) for how in ("final", "min", "mean")}
+    torch.testing.assert_close(energies["final"], distances[:, -1])
+    torch.testing.assert_close(energies["min"], distances.min(1).values)
+    torch.testing.assert_close(energies["mean"], distances.mean(1))
+    assert energies["min"].argmin() == 2 and energies["min"][2] == 0
+    assert energies["final"][2] > 0
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="elites"):
         PlannerConfig(samples=10, elites=20)
@@ -91,6 +113,8 @@ def test_config_is_checked():
         PlannerConfig(horizon=2, replan_every=3)
     with pytest.raises(ConfigError, match="select"):
         PlannerConfig(select="median")
+    with pytest.raises(ConfigError, match="energy"):
+        PlannerConfig(energy="max")
     with pytest.raises(ValueError, match="history actions"):
         latent_energy(ACPredictor(8, (2, 2), [-1.0], [1.0]), torch.zeros(1, 2, 4, 8), torch.zeros(4, 8))
 
