@@ -75,16 +75,17 @@ def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Te
     def energy(samples: Tensor) -> Tensor:
         S, H, _ = samples.shape
         actions = torch.cat((history.expand(S, -1, -1), samples), 1)
-        frames = model.rollout(context, actions, states, steps=H).frames  # (S, H, N, E)
-        return reduce_steps((frames - goal).abs().mean(dim=(2, 3)), over_steps)
+        return goal_energy(model.rollout(context, actions, states, steps=H).frames, goal, over_steps)
 
     return energy
 
 
-def reduce_steps(distances: Tensor, over_steps: PlanEnergy) -> Tensor:
-    """(S, H) per-step distances to the goal -> (S,) energies (``PlannerConfig.energy``)."""
+def goal_energy(frames: Tensor, goal: Tensor, over_steps: PlanEnergy) -> Tensor:
+    """Tokens of each sequence's steps (S, H, N, E) against the goal's (N, E) -> (S,) energies:
+    mean L1 per step, reduced over the steps as ``PlannerConfig.energy`` says."""
     if over_steps == "final":
-        return distances[:, -1]
+        return (frames[:, -1] - goal).abs().mean(dim=(1, 2))
+    distances = (frames - goal).abs().mean(dim=(2, 3))  # (S, H)
     if over_steps == "min":
         return distances.min(dim=1).values
     if over_steps == "mean":

@@ -212,17 +212,16 @@ def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: in
     predictor would reach, so the gap to ``world-model`` is the predictor's and the gap from here to
     ``simulator-cem`` the energy's (and the search's)."""
     from jepa.mpc import warm_start
-    from jepa.planner import reduce_steps
+    from jepa.planner import goal_energy
 
     def energy_of(ep: Episode, goal):
         target = world.encode(goal.image[None])[0]
 
         def energy(samples):
-            S, H, _ = samples.shape
             every_step = cfg.energy != "final"
             frames = np.stack(simulate_each(ep, samples.numpy(), p, lambda env: render(p, env), every_step))
-            tokens = world.encode(frames.reshape(-1, *frames.shape[-3:])).view(S, -1, *target.shape)
-            return reduce_steps((tokens - target).abs().mean(dim=(2, 3)), cfg.energy)
+            tokens = world.encode(frames.reshape(-1, *frames.shape[-3:])).view(len(samples), -1, *target.shape)
+            return goal_energy(tokens, target, cfg.energy)
         return energy
 
     return simulator_episode("simulator-energy", p, episode, cfg, energy_of,
