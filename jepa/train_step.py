@@ -19,6 +19,20 @@ def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def emulated_bf16(device: torch.device, precision: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when ``precision`` asks for bf16 on a CPU that has no bf16 matmul instructions
+    (AVX512-BF16 or AMX): there bf16 is emulated, and a step takes several times longer than in
+    float32. False where the CPU's flags cannot be read."""
+    if precision != "bf16" or device.type != "cpu":
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool(flags) and not {"avx512_bf16", "amx_bf16"} & set(flags)
+
+
 MicroBatch = tuple[Tensor, list[MaskBatch]]
 """Normalised clips (B, 3, T, H, W) and one MaskBatch per mask config."""
 

@@ -22,6 +22,7 @@ from mlflow.pyfunc import PythonModel
 
 from jepa.checkpoint import TrainState
 from jepa.config import TrackingConfig, TrainConfig, from_dict
+from jepa.train_step import emulated_bf16
 from pipelines.resume import INPUT_ROWS
 from ray_jobs.training.metrics import StepLogger
 from ray_jobs.training.registration import fingerprint, gather, log_fingerprints, register_model
@@ -64,6 +65,9 @@ class WorkerSession:
                        if self.rank == 0 else None)
         """Rank 0's metric logger; None on the other ranks."""
         self.stream: BatchStream | None = None
+        if self.rank == 0 and emulated_bf16(self.device, self.train.precision):
+            self.print("WARNING: train.precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 "
+                       "flag): bf16 is emulated here and trains several times slower than train.precision=auto")
 
     def print(self, message: str) -> None:
         print(f"[{self.job}] {message}", flush=True)

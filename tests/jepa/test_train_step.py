@@ -9,7 +9,7 @@ from jepa.masks import MaskBatch, sample_masks
 from jepa.model import JEPA, build_jepa
 from jepa.optim import build_optimizer
 from jepa.predictor import Predictor
-from jepa.train_step import autocast, evaluate_loss, train_step
+from jepa.train_step import autocast, emulated_bf16, evaluate_loss, train_step
 from jepa.vit import VisionTransformer
 
 CPU = torch.device("cpu")
@@ -54,6 +54,17 @@ def test_bf16_precision_trains_on_cpu_and_auto_stays_float32_there():
         assert sum(losses[-5:]) / 5 < 0.85 * losses[0], (precision, losses)
         first[precision] = losses[0]
     assert first["bf16"] == pytest.approx(first["fp32"], rel=0.02)
+
+
+def test_emulated_bf16_is_read_from_the_cpu_flags(tmp_path):
+    native, plain = tmp_path / "native", tmp_path / "plain"
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert emulated_bf16(CPU, "bf16", str(plain))
+    assert not emulated_bf16(CPU, "bf16", str(native))
+    assert not emulated_bf16(CPU, "auto", str(plain)) and not emulated_bf16(CPU, "fp32", str(plain))
+    assert not emulated_bf16(torch.device("cuda"), "bf16", str(plain))
+    assert not emulated_bf16(CPU, "bf16", str(tmp_path / "missing"))  # flags unknown: no warning
 
 
 def test_train_step_updates_and_reports():
