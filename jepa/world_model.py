@@ -3,13 +3,15 @@ and the spec of the environment they were trained for, saved and loaded as one f
 
 Folder: ``encoder/`` (the encoder's own model folder, ``jepa.checkpoint`` format),
 ``ac_predictor.pt`` (predictor weights, state statistics included) and ``world_model.json`` (the
-predictor and planner config, the env spec, the token grid).
+predictor and planner config, the env spec, the token grid). An ensemble (``jepa.ac_ensemble``)
+adds its other members as ``ac_predictor.1.pt``, ``ac_predictor.2.pt``, ... and their count as
+``members`` in the JSON.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa.ac_ensemble import PredictorEnsemble
 from jepa.ac_predictor import ACPredictor, layer_normed
 from jepa.checkpoint import load_model, save_model
 from jepa.config import ACModelConfig, PlannerConfig, RunConfig, from_dict
@@ -31,7 +34,7 @@ SPEC_FILE = "world_model.json"
 class WorldModel(nn.Module):
     """``encode`` frames into tokens, then imagine with ``predictor`` (see ``jepa.planner``)."""
 
-    def __init__(self, jepa: JEPA, encoder_cfg: RunConfig, predictor: ACPredictor, cfg: ACModelConfig,
+    def __init__(self, jepa: JEPA, encoder_cfg: RunConfig, predictor: ACPredictor | PredictorEnsemble, cfg: ACModelConfig,
                  env: dict, planner: PlannerConfig):
         super().__init__()
         self.jepa, self.encoder_cfg, self.predictor = jepa.eval().requires_grad_(False), encoder_cfg, predictor
@@ -87,12 +90,18 @@ def build_predictor(encoder: JEPA, encoder_cfg: RunConfig, cfg: ACModelConfig, e
                        depth=cfg.depth, num_heads=cfg.num_heads)
 
 
+def member_file(index: int) -> str:
+    return PREDICTOR_FILE if index == 0 else PREDICTOR_FILE.replace(".pt", f".{index}.pt")
+
+
 def save_world_model(model: WorldModel, folder: str | Path) -> Path:
     folder = Path(folder)
     save_model(model.jepa, model.encoder_cfg, folder / ENCODER_DIR)
-    torch.save(model.predictor.state_dict(), folder / PREDICTOR_FILE)
+    members = list(model.predictor.members) if isinstance(model.predictor, PredictorEnsemble) else [model.predictor]
+    for i, member in enumerate(members):
+        torch.save(member.state_dict(), folder / member_file(i))
     spec = {"model": asdict(model.cfg), "planner": asdict(model.planner), "env": model.env,
-            "grid": list(model.predictor.grid)}
+            "grid": list(model.predictor.grid), "members": len(members)}
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -106,9 +115,33 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
     spec = json.loads((folder / SPEC_FILE).read_text())
     jepa, encoder_cfg = load_model(folder / ENCODER_DIR, device)
     cfg = from_dict(ACModelConfig, spec["model"])
-    predictor = build_predictor(jepa, encoder_cfg, cfg, spec["env"])
-    state = torch.load(folder / PREDICTOR_FILE, map_location="cpu", weights_only=True)
-    state.setdefault("change_std", predictor.change_std)  # saved before the change_mse loss: unused
-    predictor.load_state_dict(state, strict=True)
+    members = []
+    for i in range(spec.get("members", 1)):
+        predictor = build_predictor(jepa, encoder_cfg, cfg, spec["env"])
+        state = torch.load(folder / member_file(i), map_location="cpu", weights_only=True)
+        state.setdefault("change_std", predictor.change_std)  # saved before the change_mse loss: unused
+        predictor.load_state_dict(state, strict=True)
+        members.append(predictor)
+    predictor = members[0] if len(members) == 1 else PredictorEnsemble(members)
     return WorldModel(jepa, encoder_cfg, predictor.to(device).eval(), cfg, spec["env"],
                       from_dict(PlannerConfig, spec["planner"]))
+
+
+def ensemble(worlds: list[WorldModel]) -> WorldModel:
+    """One world model planning with the average of ``worlds``' predictors: they must share the
+    encoder (same weights), the env and the predictor config; the planner is the first's."""
+    first = worlds[0]
+    encoder = first.jepa.state_dict()
+    for i, w in enumerate(worlds[1:], 1):
+        if w.env != first.env:
+            raise ValueError(f"world model {i} was trained for another environment than world model 0")
+        if replace(w.cfg, encoder=first.cfg.encoder) != first.cfg:
+            raise ValueError(f"world model {i} has another predictor config than world model 0: "
+                             f"{asdict(w.cfg)} against {asdict(first.cfg)}")
+        other = w.jepa.state_dict()
+        if other.keys() != encoder.keys() or not all(torch.equal(other[k], encoder[k]) for k in encoder):
+            raise ValueError(f"world model {i} has another encoder than world model 0: an ensemble's "
+                             "predictors must read the same tokens")
+    members = [m for w in worlds for m in (w.predictor.members if isinstance(w.predictor, PredictorEnsemble)
+                                           else [w.predictor])]
+    return WorldModel(first.jepa, first.encoder_cfg, PredictorEnsemble(members), first.cfg, first.env, first.planner)

@@ -142,6 +142,22 @@ def _train_ac(args: argparse.Namespace) -> None:
     print(f"registered {result.model_uri} (@{cfg.tracking.alias}); run {run_url(result.run_id)}")
 
 
+def _ensemble(args: argparse.Namespace) -> None:
+    from ray_jobs.ensemble import register_ensemble, save_ensemble
+    from ray_jobs.tracking import run_url
+
+    if (args.register is None) == (args.out is None):
+        raise UsageError("give one of --register NAME (the MLflow registry) or --out FOLDER")
+    try:
+        if args.out:
+            print(f"wrote the ensemble of {len(args.models)} world models to {save_ensemble(args.models, args.out)}")
+            return
+        run_id, version = register_ensemble(args.models, args.register, args.alias, args.experiment)
+    except ValueError as err:  # members that cannot plan together
+        raise UsageError(str(err)) from err
+    print(f"registered models:/{args.register}/{version} (@{args.alias}); run {run_url(run_id)}")
+
+
 def _eval_output(args: argparse.Namespace, evaluated, report, record) -> None:
     """What every `jepa eval` command prints and writes: a table (or --json), --report, MLflow."""
     import contextlib
@@ -354,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stack_parser(sub)
-    for add in (_add_synth, _add_ingest, _add_pretrain, _add_train_ac, _add_eval, _add_config, _add_serve, _add_client,
+    for add in (_add_synth, _add_ingest, _add_pretrain, _add_train_ac, _add_ensemble, _add_eval, _add_config, _add_serve, _add_client,
                 _add_models, _add_demo):
         add(sub)
     return parser
@@ -438,6 +454,22 @@ def _add_train_ac(sub) -> None:
     ac.add_argument("--run-name", metavar="NAME", help="the run's name: relaunching with NAME resumes it")
     ac.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
     ac.set_defaults(func=_train_ac)
+
+
+def _add_ensemble(sub) -> None:
+    ens = sub.add_parser("ensemble", help="join world models trained apart into one that plans with their average",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Join `jepa train-ac` models over the same encoder (e.g. trained with "
+                                     "different train.seed) into one world model whose predictor averages "
+                                     "theirs; `jepa eval plan` and `jepa serve deploy` take it like any other "
+                                     "(docs/world-model.md).")
+    ens.add_argument("models", nargs="+", metavar="MODEL",
+                     help="world models: models:/NAME@ALIAS, models:/NAME/VERSION or a folder (2 or more)")
+    ens.add_argument("--register", metavar="NAME", help="register the ensemble as this model in MLflow")
+    ens.add_argument("--out", metavar="FOLDER", help="write the ensemble's model folder here instead")
+    ens.add_argument("--alias", default="candidate", help="alias of the registered version")
+    ens.add_argument("--experiment", default="jepa-ac", help="MLflow experiment of the run that registers it")
+    ens.set_defaults(func=_ensemble)
 
 
 def _add_pretrain(sub) -> None:
