@@ -10,7 +10,7 @@ from jepa.config import load_config
 from ray_jobs.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = [[], ["stack"], ["synth", "physics"], ["ingest"], ["pretrain"], ["config"], ["serve", "deploy"],
+COMMANDS = [[], ["stack"], ["synth", "physics"], ["ingest"], ["pretrain"], ["ensemble"], ["config"], ["serve", "deploy"],
             ["serve", "status"], ["demo"]]
 
 
