@@ -62,3 +62,8 @@ class PredictorEnsemble(nn.Module):
         if outs[0].states is None:
             return Prediction(frames, None)
         return Prediction(frames, torch.stack([o.states for o in outs]).mean(0))
+
+
+def members_of(predictor: ACPredictor | PredictorEnsemble) -> list[ACPredictor]:
+    """The single predictors behind ``predictor``: itself, or an ensemble's members."""
+    return list(predictor.members) if isinstance(predictor, PredictorEnsemble) else [predictor]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa.ac_ensemble import PredictorEnsemble
+from jepa.ac_ensemble import PredictorEnsemble, members_of
 from jepa.ac_predictor import ACPredictor, layer_normed
 from jepa.checkpoint import load_model, save_model
 from jepa.config import ACModelConfig, PlannerConfig, RunConfig, from_dict
@@ -97,7 +97,7 @@ def member_file(index: int) -> str:
 def save_world_model(model: WorldModel, folder: str | Path) -> Path:
     folder = Path(folder)
     save_model(model.jepa, model.encoder_cfg, folder / ENCODER_DIR)
-    members = list(model.predictor.members) if isinstance(model.predictor, PredictorEnsemble) else [model.predictor]
+    members = members_of(model.predictor)
     for i, member in enumerate(members):
         torch.save(member.state_dict(), folder / member_file(i))
     spec = {"model": asdict(model.cfg), "planner": asdict(model.planner), "env": model.env,
@@ -142,6 +142,5 @@ def ensemble(worlds: list[WorldModel]) -> WorldModel:
         if other.keys() != encoder.keys() or not all(torch.equal(other[k], encoder[k]) for k in encoder):
             raise ValueError(f"world model {i} has another encoder than world model 0: an ensemble's "
                              "predictors must read the same tokens")
-    members = [m for w in worlds for m in (w.predictor.members if isinstance(w.predictor, PredictorEnsemble)
-                                           else [w.predictor])]
+    members = [m for w in worlds for m in members_of(w.predictor)]
     return WorldModel(first.jepa, first.encoder_cfg, PredictorEnsemble(members), first.cfg, first.env, first.planner)
