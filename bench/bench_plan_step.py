@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from jepa.ac_predictor import ACPredictor
 from jepa.config import ACModelConfig, PlannerConfig, load_config
 from jepa.model import build_jepa
-from jepa.mpc import plan_toward
+from jepa.mpc import plan_toward, view_goal
 from jepa.planner import Energy, cem
 from jepa.world_model import WorldModel, build_predictor
 
@@ -114,7 +114,7 @@ def main() -> None:
                                generator=torch.Generator(device).manual_seed(seed))
 
     with autocast:
-        goal = world.encode(goal_image[None])[0]
+        goal = view_goal(world, goal_image, cem_cfg)
     plan_step(0)  # warm-up (and compilation)
     sync(device)
     if device.type == "cuda":
@@ -134,7 +134,7 @@ def main() -> None:
         context = world.encode(observation[None])[None]
         states = torch.as_tensor(state, device=device)[None, None]
         low, high = world.predictor.action_low, world.predictor.action_high
-        eager = cem(eager_energy(world.predictor, context, goal, states), low, high, cem_cfg,
+        eager = cem(eager_energy(world.predictor, context, goal.tokens, states), low, high, cem_cfg,
                     generator=torch.Generator(device).manual_seed(0)).energy[-1]
     tolerance = args.check_tolerance or (2e-2 if bf16 else 1e-4)
     agree = abs(ours - eager) <= tolerance * abs(eager)

@@ -346,12 +346,19 @@ class PlannerConfig:
     """How a sequence's imagined steps make its energy: the distance to the goal after the last
     step (``final``, V-JEPA 2-AC's), the closest step (``min``: a goal passed through counts, as
     it does in the reacher protocol), or the mean over steps (``mean``: arrive soon and stay)."""
+    state_weight: float = 0.0
+    """Added to the energy per unit of distance (rad or env units, largest coordinate) between
+    the imagined final state and the goal's state as the model's state reader sees it in the goal
+    image (``jepa.state_reader``); 0 plans on tokens alone. Token distances stop growing once the
+    arm no longer overlaps its goal pose; this term keeps growing."""
 
     def __post_init__(self) -> None:
         check_choices(self, "planner.")
         for name, value in dataclasses.asdict(self).items():
-            if name not in ("select", "energy") and not value > 0:
+            if name not in ("select", "energy", "state_weight") and not value > 0:
                 raise ConfigError(f"planner.{name}: must be > 0, got {value}")
+        if not self.state_weight >= 0:
+            raise ConfigError(f"planner.state_weight: must be >= 0, got {self.state_weight}")
         if self.elites > self.samples:
             raise ConfigError(f"planner.elites: {self.elites} exceeds planner.samples {self.samples}")
         if self.replan_every > self.horizon:

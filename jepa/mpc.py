@@ -28,9 +28,24 @@ class PlanCall:
     seconds: float
 
 
-def plan_toward(world: WorldModel, observation: np.ndarray, goal: Tensor, state: np.ndarray | None,
+@dataclass
+class GoalView:
+    tokens: Tensor
+    """(N, E) the goal image's pooled tokens."""
+    state: Tensor | None = None
+    """(Q,) the configuration the model's state reader sees in the goal image, when the planner uses it."""
+
+
+def view_goal(world: WorldModel, image: np.ndarray, cfg: PlannerConfig) -> GoalView:
+    """What the planner compares imagined steps with: the goal image's tokens, and its state read
+    from it when ``cfg.state_weight`` > 0."""
+    state = world.read_state(image[None])[0] if cfg.state_weight > 0 else None
+    return GoalView(world.encode(image[None])[0], state)
+
+
+def plan_toward(world: WorldModel, observation: np.ndarray, goal: GoalView, state: np.ndarray | None,
                 cfg: PlannerConfig, init_mean: Tensor | None = None, generator: torch.Generator | None = None) -> PlanCall:
-    """One CEM plan from ``observation`` (H, W, 3) uint8 toward the goal tokens (N, E)."""
+    """One CEM plan from ``observation`` (H, W, 3) uint8 toward ``goal`` (``view_goal``)."""
     t0 = time.perf_counter()
     context = world.encode(observation[None])[None]  # (1, 1, N, E)
     states = None
@@ -39,7 +54,9 @@ def plan_toward(world: WorldModel, observation: np.ndarray, goal: Tensor, state:
             raise ValueError("this world model reads the state (qpos, qvel) with each observation")
         states = torch.as_tensor(np.asarray(state, np.float32), device=context.device)[None, None]
     low, high = world.predictor.action_low, world.predictor.action_high
-    energy = latent_energy(world.predictor, context, goal, states=states, over_steps=cfg.energy)
+    energy = latent_energy(world.predictor, context, goal.tokens, states=states, over_steps=cfg.energy,
+                           goal_state=goal.state, state_weight=cfg.state_weight,
+                           angular=world.state_reader is not None and world.state_reader.angular)
     plan: Plan = cem(energy, low, high, cfg, init_mean=init_mean, generator=generator)
     return PlanCall(plan.actions.float().cpu().numpy(), plan.energy, time.perf_counter() - t0)
 
@@ -65,7 +82,7 @@ def run_mpc(world: WorldModel, goal_image: np.ndarray, observe: Callable[[], tup
     one agent step (the caller holds it for the env's frameskip). Plan call k draws its samples
     from a generator seeded with ``seed + k``, so a client of ``/v1/plan`` sending those seeds and
     the ``warm_start`` it is given makes the same plans."""
-    goal = world.encode(goal_image[None])[0]
+    goal = view_goal(world, goal_image, cfg)
     trace, mean, done = MPCTrace(), None, 0
     while done < budget:
         frame, state = observe()

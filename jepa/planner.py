@@ -5,7 +5,8 @@ of them with one batched call of an energy function, and refits the Gaussian to 
 ``elites``; the plan is the final mean, or the lowest-energy sequence scored (``select``). With a
 world model the energy is the L1 distance between the representation the model imagines after the
 sequence (or the closest, or the mean, of its imagined steps: ``PlannerConfig.energy``) and the
-goal image's (``latent_energy``). Model predictive control executes the first
+goal image's (``latent_energy``), plus, when the model reads its goal's state from the goal image,
+a weighted distance between the imagined final state and that one. Model predictive control executes the first
 ``replan_every`` actions of a plan and plans again from what it then sees; nothing here reads the
 simulator's notion of success.
 """
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from jepa.ac_predictor import ACPredictor
 from jepa.config import PlanEnergy, PlannerConfig
+from jepa.state_reader import state_distance
 
 Energy = Callable[[Tensor], Tensor]
 """(S, H, A) action sequences -> (S,) energies, lower is better."""
@@ -61,21 +63,32 @@ def cem(energy: Energy, low: Tensor, high: Tensor, cfg: PlannerConfig, init_mean
 
 
 def latent_energy(model: ACPredictor, context: Tensor, goal: Tensor, history: Tensor | None = None,
-                  states: Tensor | None = None, over_steps: PlanEnergy = "final") -> Energy:
+                  states: Tensor | None = None, over_steps: PlanEnergy = "final", goal_state: Tensor | None = None,
+                  state_weight: float = 0.0, angular: bool = True) -> Energy:
     """Energy of action sequences under ``model``: mean L1 between an imagined frame's tokens and
     the goal's, for the last imagined frame or reduced over all of them (``over_steps``, see
     ``PlannerConfig.energy``). context (1, C, N, E) and goal (N, E) are layer-normed encoder
-    tokens; ``history`` (C - 1, A) the actions that led through the context; ``states`` (1, C, S)."""
+    tokens; ``history`` (C - 1, A) the actions that led through the context; ``states`` (1, C, S).
+    With ``state_weight`` > 0, plus that times the largest per-coordinate distance (wrapped when
+    ``angular``) from the imagined final configuration to ``goal_state`` (Q,), qpos being the
+    first Q coordinates of a state."""
     C = context.shape[1]
     history = context.new_zeros(0, model.action_dim) if history is None else history
     if history.shape[0] != C - 1:
         raise ValueError(f"{C} context frames need {C - 1} history actions, got {history.shape[0]}")
+    if state_weight > 0 and (goal_state is None or states is None):
+        raise ValueError("an energy with a state term needs the goal's state and the current one")
 
     @torch.no_grad()
     def energy(samples: Tensor) -> Tensor:
         S, H, _ = samples.shape
         actions = torch.cat((history.expand(S, -1, -1), samples), 1)
-        return goal_energy(model.rollout(context, actions, states, steps=H).frames, goal, over_steps)
+        pred = model.rollout(context, actions, states, steps=H)
+        energy = goal_energy(pred.frames, goal, over_steps)
+        if state_weight > 0:
+            imagined = pred.states[:, -1, : goal_state.shape[-1]]
+            energy = energy + state_weight * state_distance(imagined, goal_state.to(imagined), angular)
+        return energy
 
     return energy
 

@@ -5,7 +5,8 @@ Folder: ``encoder/`` (the encoder's own model folder, ``jepa.checkpoint`` format
 ``ac_predictor.pt`` (predictor weights, state statistics included) and ``world_model.json`` (the
 predictor and planner config, the env spec, the token grid). An ensemble (``jepa.ac_ensemble``)
 adds its other members as ``ac_predictor.1.pt``, ``ac_predictor.2.pt``, ... and their count as
-``members`` in the JSON.
+``members`` in the JSON. A model that reads its goal's state from the goal image
+(``jepa.state_reader``) keeps that head in ``state_reader.pt``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from jepa.ac_predictor import ACPredictor, layer_normed
 from jepa.checkpoint import load_model, save_model
 from jepa.config import ACModelConfig, PlannerConfig, RunConfig, from_dict
 from jepa.model import JEPA, token_grid
+from jepa.state_reader import StateReader
 from jepa.transforms import clips_to_tensor
 
 ENCODER_DIR = "encoder"
 PREDICTOR_FILE = "ac_predictor.pt"
+READER_FILE = "state_reader.pt"
 SPEC_FILE = "world_model.json"
 
 
@@ -35,10 +38,25 @@ class WorldModel(nn.Module):
     """``encode`` frames into tokens, then imagine with ``predictor`` (see ``jepa.planner``)."""
 
     def __init__(self, jepa: JEPA, encoder_cfg: RunConfig, predictor: ACPredictor | PredictorEnsemble, cfg: ACModelConfig,
-                 env: dict, planner: PlannerConfig):
+                 env: dict, planner: PlannerConfig, state_reader: StateReader | None = None):
         super().__init__()
         self.jepa, self.encoder_cfg, self.predictor = jepa.eval().requires_grad_(False), encoder_cfg, predictor
         self.cfg, self.env, self.planner = cfg, dict(env), planner
+        self.state_reader = None
+        if state_reader is not None:
+            self.attach_state_reader(state_reader)
+
+    def attach_state_reader(self, reader: StateReader) -> None:
+        """Give the planner the goal's state, read from the goal image (``PlannerConfig.state_weight``)."""
+        if self.predictor.state_dim == 0:
+            raise ValueError("a state reader needs a predictor that imagines states (model.uses_state)")
+        grid = self.token_grid
+        if (reader.num_tokens, reader.embed_dim, reader.qpos_dim) != (grid[0] * grid[1], self.jepa.encoder.embed_dim,
+                                                                     self.env["qpos_dim"]):
+            raise ValueError(f"state reader reads {reader.num_tokens} tokens of {reader.embed_dim} into "
+                             f"{reader.qpos_dim} coordinates; this model has {grid[0] * grid[1]} of "
+                             f"{self.jepa.encoder.embed_dim} and {self.env['qpos_dim']}")
+        self.state_reader = reader.eval().requires_grad_(False)
 
     @property
     def img_size(self) -> int:
@@ -50,10 +68,11 @@ class WorldModel(nn.Module):
         return self.jepa.token_grid[1:]
 
     @torch.no_grad()
-    def encode(self, frames: np.ndarray | Tensor, batch: int = 256) -> Tensor:
+    def encode(self, frames: np.ndarray | Tensor, batch: int = 256, pool: int | None = None) -> Tensor:
         """uint8 frames (B, H, W, 3), any square size -> layer-normed tokens (B, N, E): each frame
         alone (repeated into one tubelet), resized to the encoder's input as training saw it, the
-        token grid average-pooled by ``cfg.pool``."""
+        token grid average-pooled by ``pool`` (default ``cfg.pool``; 1 for the state reader's grid)."""
+        pool = self.cfg.pool if pool is None else pool
         frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
@@ -64,8 +83,15 @@ class WorldModel(nn.Module):
             if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
                 x = F.interpolate(x[:, :, 0], size=(self.img_size, self.img_size), mode="bilinear",
                                   align_corners=False, antialias=True)[:, :, None]
-            out.append(pool_tokens(self.jepa.embed(x), self.token_grid, self.cfg.pool))
+            out.append(pool_tokens(self.jepa.embed(x), self.token_grid, pool))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def read_state(self, frames: np.ndarray | Tensor) -> Tensor:
+        """uint8 frames (B, H, W, 3) -> the configurations (B, qpos_dim) the state reader sees in them."""
+        if self.state_reader is None:
+            raise ValueError("this world model has no state reader: it cannot read a goal's state from an image")
+        return self.state_reader(self.encode(frames, pool=1))
 
 
 def pool_tokens(tokens: Tensor, grid: tuple[int, int], pool: int) -> Tensor:
@@ -102,6 +128,9 @@ def save_world_model(model: WorldModel, folder: str | Path) -> Path:
         torch.save(member.state_dict(), folder / member_file(i))
     spec = {"model": asdict(model.cfg), "planner": asdict(model.planner), "env": model.env,
             "grid": list(model.predictor.grid), "members": len(members)}
+    if model.state_reader is not None:
+        torch.save(model.state_reader.state_dict(), folder / READER_FILE)
+        spec["state_reader"] = model.state_reader.spec()
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -123,8 +152,13 @@ def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> 
         predictor.load_state_dict(state, strict=True)
         members.append(predictor)
     predictor = members[0] if len(members) == 1 else PredictorEnsemble(members)
+    reader = None
+    if "state_reader" in spec:
+        reader = StateReader(**spec["state_reader"])
+        reader.load_state_dict(torch.load(folder / READER_FILE, map_location="cpu", weights_only=True), strict=True)
+        reader = reader.to(device)
     return WorldModel(jepa, encoder_cfg, predictor.to(device).eval(), cfg, spec["env"],
-                      from_dict(PlannerConfig, spec["planner"]))
+                      from_dict(PlannerConfig, spec["planner"]), reader)
 
 
 def ensemble(worlds: list[WorldModel]) -> WorldModel:
@@ -143,4 +177,5 @@ def ensemble(worlds: list[WorldModel]) -> WorldModel:
             raise ValueError(f"world model {i} has another encoder than world model 0: an ensemble's "
                              "predictors must read the same tokens")
     members = [m for w in worlds for m in members_of(w.predictor)]
-    return WorldModel(first.jepa, first.encoder_cfg, PredictorEnsemble(members), first.cfg, first.env, first.planner)
+    return WorldModel(first.jepa, first.encoder_cfg, PredictorEnsemble(members), first.cfg, first.env, first.planner,
+                      first.state_reader)

@@ -209,7 +209,8 @@ def _eval_plan(args: argparse.Namespace) -> None:
         raise UsageError(f"--policies: choose from {','.join(POLICIES)}, got {args.policies!r}")
     planner = {k: v for k, v in {"samples": args.samples, "elites": args.elites, "iterations": args.iterations,
                                  "horizon": args.horizon, "replan_every": args.replan_every,
-                                 "select": args.select, "energy": args.energy}.items() if v is not None}
+                                 "select": args.select, "energy": args.energy,
+                                 "state_weight": args.state_weight}.items() if v is not None}
     connect()
     try:
         report, ref = evaluate_plan(args.model, env=args.env, episodes=args.episodes, policies=policies,
@@ -550,6 +551,10 @@ def _add_eval(sub) -> None:
     plan.add_argument("--energy", choices=typing.get_args(PlanEnergy),
                       help="a sequence's energy: the distance to the goal after its last imagined step, the closest "
                            "step, or the mean over steps (default: the model's planner config)")
+    plan.add_argument("--state-weight", type=float,
+                      help="weight of the distance from the imagined final state to the goal's state as the model's "
+                           "state reader sees it in the goal image; 0 plans on tokens alone (default: the model's "
+                           "planner config)")
     plan.set_defaults(func=_eval_plan)
 
 

@@ -128,6 +128,9 @@ def served_client(url: str | None, ref: ModelRef, p: Protocol, cfg: PlannerConfi
     if env["planner"]["select"] != cfg.select:
         raise ValueError(f"{client.url} returns the CEM {env['planner']['select']} plan, not the {cfg.select} one "
                          f"this evaluation asks for (--select)")
+    if env["planner"].get("state_weight", 0.0) != cfg.state_weight:
+        raise ValueError(f"{client.url} plans with state weight {env['planner'].get('state_weight', 0.0)}, not "
+                         f"{cfg.state_weight} as this evaluation asks (--state-weight)")
     if env["planner"]["energy"] != cfg.energy:
         raise ValueError(f"{client.url} plans with the {env['planner']['energy']} energy, not the "
                          f"{cfg.energy} one this evaluation asks for (--energy)")
@@ -335,6 +338,8 @@ def evaluate_plan(model_uri: str, env: str | None = None, episodes: int = 50, po
     if env is not None and env != spec["domain"]:
         raise ValueError(f"{model_uri} was trained on {spec['domain']}, not {env}")
     cfg = from_dict(PlannerConfig, {**asdict(world.planner), **(planner or {})})
+    if cfg.state_weight > 0 and world.state_reader is None:
+        raise ValueError(f"{model_uri} has no state reader, so it cannot plan with a state weight: use 0")
     p = Protocol(env=spec["domain"], frameskip=spec["frameskip"], img_size=spec["img_size"], seed_base=seed_base)
     server = None
     if "served" in policies:

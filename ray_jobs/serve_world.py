@@ -19,7 +19,7 @@ import torch
 from fastapi import HTTPException
 
 from jepa.config import ConfigError, PlannerConfig, from_dict
-from jepa.mpc import plan_toward, warm_start
+from jepa.mpc import plan_toward, view_goal, warm_start
 from jepa.world_model import WorldModel
 from ray_jobs.serve_config import ServeConfig
 
@@ -182,7 +182,7 @@ def plan(world: WorldModel, body: dict[str, Any], model: str, limits: ServeConfi
     if body.get("init_actions") is not None:
         init = torch.as_tensor(actions_in_bounds(body["init_actions"], "init_actions", world, horizon, horizon))
     t0 = time.perf_counter()
-    goal = world.encode(goal_image[None])[0]
+    goal = view_goal(world, goal_image, cfg)
     call = plan_toward(world, observation, goal, None if states is None else states[0, 0].numpy(), cfg, init,
                        torch.Generator().manual_seed(seed))
     k = world.env["frameskip"]

@@ -32,10 +32,12 @@ def register_tiny(name: str, overrides: list[str], experiment: str = "tiny-model
     return f"models:/{name}@candidate"
 
 
-def tiny_world_model(folder, img_size: int = 32, uses_state: bool = True) -> str:
+def tiny_world_model(folder, img_size: int = 32, uses_state: bool = True, state_weight: float = 0.0) -> str:
     """Save a seeded, untrained world model (tiny image encoder + 1-block AC predictor) for reacher
-    frames of `img_size` px into `folder`; returns the folder."""
+    frames of `img_size` px into `folder`; returns the folder. ``state_weight`` > 0 adds an
+    untrained state reader and plans with it."""
     from jepa.config import ACModelConfig, PlannerConfig
+    from jepa.state_reader import StateReader
     from jepa.world_model import WorldModel, build_predictor, save_world_model
     from pipelines.mujoco_record import env_spec, load_env
 
@@ -45,8 +47,13 @@ def tiny_world_model(folder, img_size: int = 32, uses_state: bool = True) -> str
     jepa = build_jepa(cfg.model, num_mask_configs=cfg.num_mask_configs)
     env = env_spec("reacher", load_env("reacher", 0), img_size, 5).as_dict()
     ac = ACModelConfig(encoder="tiny", pool=2, dim=32, depth=1, num_heads=2, uses_state=uses_state)
-    planner = PlannerConfig(samples=16, elites=4, iterations=2, horizon=5, replan_every=5)
-    save_world_model(WorldModel(jepa, cfg, build_predictor(jepa, cfg, ac, env), ac, env, planner), folder)
+    planner = PlannerConfig(samples=16, elites=4, iterations=2, horizon=5, replan_every=5, state_weight=state_weight)
+    world = WorldModel(jepa, cfg, build_predictor(jepa, cfg, ac, env), ac, env, planner)
+    if state_weight > 0:
+        h, w = world.token_grid
+        world.attach_state_reader(StateReader(h * w, jepa.encoder.embed_dim, env["qpos_dim"], angular=True, dim=16,
+                                              depth=1, num_heads=2))
+    save_world_model(world, folder)
     return str(folder)
 
 

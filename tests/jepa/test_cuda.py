@@ -97,7 +97,7 @@ def test_a_plan_step_on_cuda_matches_the_cpu_for_the_same_seed():
     warm start follow the model to its device, and the plan comes back as numpy."""
     from bench.bench_plan_step import build
     from jepa.config import PlannerConfig
-    from jepa.mpc import plan_toward, warm_start
+    from jepa.mpc import plan_toward, view_goal, warm_start
 
     cfg = PlannerConfig(samples=32, elites=4, iterations=3, horizon=2, replan_every=1)
     rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def test_a_plan_step_on_cuda_matches_the_cpu_for_the_same_seed():
     calls = {}
     for device in ("cpu", "cuda"):
         world = build("tiny", torch.device(device))
-        goal = world.encode(goal_image[None])[0]
+        goal = view_goal(world, goal_image, cfg)
         calls[device] = plan_toward(world, observation, goal, state, cfg, generator=torch.Generator().manual_seed(3))
         assert warm_start(world, calls[device].actions, 1, 2).device.type == device
     np.testing.assert_allclose(calls["cuda"].actions, calls["cpu"].actions, atol=1e-3)

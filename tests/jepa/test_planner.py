@@ -106,6 +106,28 @@ def test_the_energy_reads_the_last_the_closest_or_every_imagined_step():
     assert energies["final"][2] > 0
 
 
+def test_the_state_term_adds_the_weighted_distance_to_the_goal_state():
+    """With ``state_weight`` the energy is the token energy plus the weight times the largest
+    wrapped angle between the imagined final qpos and the goal's; a sequence that ends at the goal's
+    state but elsewhere in tokens is no longer scored as far as any other."""
+    torch.manual_seed(0)
+    model = ACPredictor(8, (2, 2), [-1.0, -1.0], [1.0, 1.0], state_dim=4, dim=16, depth=1, num_heads=2).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    context, states = layer_normed(torch.randn(1, 1, 4, 8)), torch.randn(1, 1, 4)
+    goal, samples = torch.zeros(4, 8), torch.rand(5, 3, 2) * 2 - 1
+    with torch.no_grad():
+        final_qpos = model.rollout(context, samples, states, steps=3).states[:, -1, :2]
+    goal_state = final_qpos[3] + torch.tensor([2 * torch.pi, -2 * torch.pi])  # sequence 3's end, one turn off
+    tokens_only = latent_energy(model, context, goal, states=states)(samples)
+    both = latent_energy(model, context, goal, states=states, goal_state=goal_state, state_weight=0.5)(samples)
+    d = torch.remainder(final_qpos - final_qpos[3] + torch.pi, 2 * torch.pi) - torch.pi
+    torch.testing.assert_close(both, tokens_only + 0.5 * d.abs().amax(1), atol=1e-4, rtol=0)
+    assert both[3] == pytest.approx(tokens_only[3].item(), abs=1e-4)
+    with pytest.raises(ValueError, match="goal's state"):
+        latent_energy(model, context, goal, states=states, state_weight=0.5)
+
+
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="elites"):
         PlannerConfig(samples=10, elites=20)
@@ -115,6 +137,8 @@ def test_config_is_checked():
         PlannerConfig(select="median")
     with pytest.raises(ConfigError, match="energy"):
         PlannerConfig(energy="max")
+    with pytest.raises(ConfigError, match="state_weight"):
+        PlannerConfig(state_weight=-0.1)
     with pytest.raises(ValueError, match="history actions"):
         latent_energy(ACPredictor(8, (2, 2), [-1.0], [1.0]), torch.zeros(1, 2, 4, 8), torch.zeros(4, 8))
 
