@@ -305,9 +305,15 @@ class ACModelConfig:
     """Frame-token loss: l1 (the reference's) on the layer-normed tokens; or change_mse, squared
     error in units of each channel's one-step change spread (from the training windows), which
     weighs the few tokens an action moves above the many it does not."""
+    state_reader: bool = False
+    """Also train a state reader (``jepa.state_reader``): the configuration a frame shows, read from
+    its unpooled tokens, so the planner can weigh the distance to the goal image's configuration
+    (``planner.state_weight``). Needs ``uses_state``, whose imagined states it is compared with."""
 
     def __post_init__(self) -> None:
         check_choices(self, "model.")
+        if self.state_reader and not self.uses_state:
+            raise ConfigError("model.state_reader: needs model.uses_state (the planner compares imagined states)")
 
 
 @dataclass

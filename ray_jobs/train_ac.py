@@ -2,9 +2,11 @@
 
 Each worker loads the frozen encoder from the registry and its share of the episode windows
 (`jepa ingest` of a `jepa synth mujoco` dataset), encodes every distinct frame once, then trains
-the AC predictor on those tokens (DDP): teacher forcing plus a short rollout. Batches are drawn by
-a generator seeded with (seed, rank, step), so a resumed run draws exactly what it would have.
-The registered model is a world-model folder: encoder, predictor, env spec and planner defaults.
+the AC predictor on those tokens (DDP): teacher forcing plus a short rollout. With
+``model.state_reader`` the same steps also train a state reader on the frames' unpooled tokens and
+recorded configurations. Batches are drawn by a generator seeded with (seed, rank, step), so a
+resumed run draws exactly what it would have. The registered model is a world-model folder:
+encoder, predictor (and reader), env spec and planner defaults.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
+from torch import nn
 
 from jepa.ac_predictor import ACObjective
 from jepa.checkpoint import load_train_state, save_train_state
 from jepa.config import ACRunConfig, ConfigError, from_dict
 from jepa.optim import build_optimizer, lr_at
+from jepa.state_reader import StateReader
 from jepa.train_step import autocast
-from jepa.world_model import PREDICTOR_FILE, WorldModel, build_predictor, save_world_model
+from jepa.world_model import PREDICTOR_FILE, READER_FILE, WorldModel, build_predictor, save_world_model
 from pipelines import storage
 from pipelines.episode_shards import DATASET_JSON, SHARDS, decode_window
 from pipelines.episodes import EnvSpec
+from pipelines.planning_protocol import ANGULAR
 from ray_jobs import tracking
 from ray_jobs.eval_runs import load_evaluated_model
 from ray_jobs.training.driver import TrainingJob, run_job
@@ -49,6 +54,10 @@ class EpisodeTokens:
     recorder holds them constant, so this is the action taken)."""
     states: torch.Tensor
     """(W, T, S) float32."""
+    unpooled: torch.Tensor | None = None
+    """(U, N1, E) float16: the same frames on the encoder's whole grid, for a state reader."""
+    frame_qpos: torch.Tensor | None = None
+    """(U, Q) float32: each frame's configuration, for a state reader."""
 
 
 def dataset_summary(dataset_uri: str) -> dict:
@@ -81,7 +90,7 @@ def load_windows(dataset_uri: str, env: EnvSpec, rank: int, world: int, frames: 
     return out
 
 
-def encode_windows(model: WorldModel, windows: list[tuple[int, Any]]) -> EpisodeTokens:
+def encode_windows(model: WorldModel, windows: list[tuple[int, Any]], unpooled: bool = False) -> EpisodeTokens:
     index: dict[tuple[int, int], int] = {}
     frames, frame_ids = [], []
     for episode, w in windows:
@@ -94,8 +103,36 @@ def encode_windows(model: WorldModel, windows: list[tuple[int, Any]]) -> Episode
             ids.append(index[key])
         frame_ids.append(ids)
     tokens = model.encode(np.stack(frames)).half()
-    return EpisodeTokens(tokens, torch.tensor(frame_ids), torch.tensor(np.stack([w.actions.mean(1) for _, w in windows])),
+    data = EpisodeTokens(tokens, torch.tensor(frame_ids), torch.tensor(np.stack([w.actions.mean(1) for _, w in windows])),
                          torch.tensor(np.stack([w.states for _, w in windows])))
+    if unpooled:
+        data.unpooled = model.encode(np.stack(frames), pool=1).half()
+        data.frame_qpos = torch.zeros(len(frames), model.env["qpos_dim"])
+        data.frame_qpos[data.frame_ids.flatten()] = data.states[..., : model.env["qpos_dim"]].flatten(0, 1)
+    return data
+
+
+class ReaderObjective(nn.Module):
+    """The state reader's loss as a forward pass, so DDP averages its gradients."""
+
+    def __init__(self, reader: StateReader):
+        super().__init__()
+        self.reader = reader
+
+    def forward(self, tokens: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+        return self.reader.loss(tokens, qpos)
+
+
+def build_state_reader(world: WorldModel, data: EpisodeTokens, world_size: int) -> StateReader:
+    h, w = world.token_grid
+    reader = StateReader(h * w, world.jepa.encoder.embed_dim, world.env["qpos_dim"],
+                         angular=ANGULAR.get(world.env["domain"], False))
+    parts = gather((data.frame_qpos.sum(0), data.frame_qpos.square().sum(0), len(data.frame_qpos)), world_size)
+    n = sum(p[2] for p in parts)
+    mean = sum(p[0] for p in parts) / n
+    reader.qpos_mean.copy_(mean)
+    reader.qpos_std.copy_((sum(p[1] for p in parts) / n - mean**2).clamp_min(1e-12).sqrt())
+    return reader
 
 
 def change_sums(data: EpisodeTokens, chunk: int = 1024) -> tuple[torch.Tensor, int]:
@@ -120,7 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     world = WorldModel(encoder.model, encoder.cfg, predictor, cfg.model, env, cfg.planner)
     t0 = time.perf_counter()
     data = encode_windows(world, load_windows(cfg.data.dataset, EnvSpec.from_dict(env), session.rank, session.world,
-                                              cfg.data.frames))
+                                              cfg.data.frames), unpooled=cfg.model.state_reader)
     session.print(f"rank {session.rank}: {len(data.frame_ids)} windows of {data.frame_ids.shape[1]} steps, "
                   f"{len(data.tokens)} frames encoded in {time.perf_counter() - t0:.0f}s")
     if session.logger:  # the same in the run, where it does not depend on worker logs reaching the driver
@@ -137,8 +174,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         predictor.set_change_stats((sum(p[0] for p in parts) / sum(p[1] for p in parts)).sqrt())
 
     objective = ray.train.torch.prepare_model(ACObjective(predictor, cfg.model.rollout_steps, cfg.model.loss))
-    optimizer = build_optimizer(predictor, cfg.optim)
-    state = session.resume(lambda folder: _load(folder, predictor, optimizer))
+    reader = build_state_reader(world, data, session.world) if cfg.model.state_reader else None
+    trained: nn.Module = predictor
+    if reader is not None:
+        reader_objective = ray.train.torch.prepare_model(ReaderObjective(reader))
+        trained = nn.ModuleList([predictor, reader])  # one optimizer, one schedule, one checkpoint
+    optimizer = build_optimizer(trained, cfg.optim)
+    state = session.resume(lambda folder: _load(folder, predictor, reader, optimizer))
     t_last, steps_since = time.perf_counter(), 0
     for step in range(state.step, t.steps):
         rng = np.random.default_rng([t.seed, session.rank, step])
@@ -150,8 +192,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             group["lr"] = lr
         with autocast(session.device, t.precision):
             losses = objective(z, data.actions[pick].to(session.device), states)
+        loss = losses["loss"]
+        if reader is not None:
+            frames = torch.as_tensor(rng.integers(0, len(data.unpooled), t.batch_size))
+            with autocast(session.device, t.precision):
+                losses["reader"] = reader_objective(data.unpooled[frames].float().to(session.device),
+                                                    data.frame_qpos[frames].to(session.device))
+            loss = loss + losses["reader"]
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        loss.backward()
         optimizer.step()
         state.step, state.clips_seen = step + 1, state.clips_seen + t.batch_size
         steps_since += 1
@@ -165,22 +214,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             session.logger.log(metrics, step)
             session.print(f"step {step + 1}/{t.steps} loss {metrics['loss']:.4f} teacher {metrics['teacher']:.4f} "
                           f"rollout {metrics['rollout']:.4f} teacher L1 {metrics['teacher_l1']:.4f} "
-                          f"(copy {metrics['copy_baseline']:.4f}) lr {lr:.2e}")
+                          f"(copy {metrics['copy_baseline']:.4f})"
+                          + (f" reader {metrics['reader']:.4f}" if reader is not None else "") + f" lr {lr:.2e}")
         if session.checkpoint_due(state):
             session.save_checkpoint(state, {"step": state.step, "loss": float(losses["loss"])},
-                                    save=lambda folder: _save(folder, predictor, optimizer, state))
+                                    save=lambda folder: _save(folder, predictor, reader, optimizer, state))
 
+    if reader is not None:
+        world.attach_state_reader(reader)
     session.finish(state, predictor, save_model=lambda folder: save_world_model(world, folder),
                    python_model=tracking.WorldModelPyfunc())
 
 
-def _save(folder: str, predictor, optimizer, state) -> None:
+def _save(folder: str, predictor, reader, optimizer, state) -> None:
     torch.save(predictor.state_dict(), Path(folder) / PREDICTOR_FILE)
+    if reader is not None:
+        torch.save(reader.state_dict(), Path(folder) / READER_FILE)
     save_train_state(folder, optimizer, state)
 
 
-def _load(folder: str, predictor, optimizer):
+def _load(folder: str, predictor, reader, optimizer):
     predictor.load_state_dict(torch.load(Path(folder) / PREDICTOR_FILE, map_location="cpu", weights_only=True))
+    if reader is not None:
+        reader.load_state_dict(torch.load(Path(folder) / READER_FILE, map_location="cpu", weights_only=True))
     return load_train_state(folder, optimizer)
 
 

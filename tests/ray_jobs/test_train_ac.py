@@ -32,7 +32,7 @@ def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_e
     main(["train-ac", "--config", "configs/reacher-ac.yaml", f"model.encoder={encoder}",
           f"data.dataset={windows_uri}", "model.dim=32", "model.depth=1", "model.num_heads=2", "model.pool=2",
           "train.steps=6", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=3",
-          "tracking.registered_model=jepa-ac-test"])
+          "model.state_reader=true", "planner.state_weight=0.2", "tracking.registered_model=jepa-ac-test"])
     out = capsys.readouterr().out
     assert "registered models:/jepa-ac-test/1 (@candidate)" in out
     run_id = MlflowClient().get_model_version("jepa-ac-test", "1").run_id
@@ -50,6 +50,11 @@ def test_train_ac_registers_a_world_model_that_plans(windows_uri, stack_client_e
     assert world.predictor.grid == (2, 2)  # 32 px / patch 8 = 4x4 tokens, pooled by 2
     assert torch.all(world.predictor.state_std != 1)  # the state statistics came from the data
     assert world.cfg.loss == "change_mse" and torch.all(world.predictor.change_std != 1)  # and the change's
+    # the state reader trained beside the predictor, on the whole 4x4 grid, for the planner's state term
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "reader")] == [0, 2, 4, 5]
+    assert world.state_reader.num_tokens == 16 and world.state_reader.angular
+    assert world.planner.state_weight == 0.2
+    assert world.read_state(torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)).shape == (2, 2)
 
     old = shutil.copytree(folder, tmp_path / "old")  # saved before the change loss: no change_std, still loads
     state = torch.load(old / PREDICTOR_FILE, weights_only=True)
