@@ -13,8 +13,8 @@ one process without Ray:
 2. plans on the tuning goals (``--seed-base``) with `jepa eval plan`'s protocol, MPC loop, planner
    and energy plus ``--weight`` times that distance, where the goal's angles are the true ones
    (``oracle``: what a perfect reader would buy) or the reader's (``reader``);
-3. with ``--save FOLDER``, writes the world model with the reader and ``state_weight`` in its
-   planner config, for `jepa eval plan --model FOLDER`.
+3. with ``--save FOLDER`` (or ``--register NAME``), writes (registers) the world model with the
+   reader and ``state_weight`` in its planner config, for `jepa eval plan` and `jepa serve deploy`.
 
     MUJOCO_GL=egl python bench/bench_goal_state.py --model models:/jepa-reacher-ac/1 \\
         --episodes s3://jepa/reacher/episodes --count 600 --steps 1500 --goals 20 --sources oracle,reader
@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reader", help="a reader saved by --save-reader, instead of training one")
     p.add_argument("--save-reader", help="keep the trained reader in this file")
     p.add_argument("--save", help="write the world model with the reader and --weight as its planner's state_weight")
+    p.add_argument("--register", metavar="NAME", help="also register that world model as NAME@candidate in MLflow "
+                                                      "(for `jepa serve deploy`)")
     p.add_argument("--goals", type=int, default=20, help="tuning goals to plan for (0: none)")
     p.add_argument("--seed-base", type=int, default=2_000_000, help="goal seeds (not the reported 1,000,000)")
     p.add_argument("--sources", default="oracle,reader", help="goal angles to plan with: oracle, reader")
@@ -149,6 +151,17 @@ def plan_episode(job: tuple) -> dict:
             "seconds": float(np.mean([c.seconds for c in trace.calls]))}
 
 
+def register(folder: str, name: str, params: dict) -> None:
+    from ray_jobs import tracking
+    from ray_jobs.training.registration import register_model
+
+    run_id = tracking.start_run("jepa-ac", params, {"jepa.state_reader": "bench/bench_goal_state.py"},
+                                run_name="state reader")
+    version = register_model(run_id, folder, registered_model=name, alias="candidate",
+                             python_model=tracking.WorldModelPyfunc())
+    print(f"[goal-state] registered models:/{name}/{version} (@candidate)")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -162,9 +175,12 @@ def main() -> None:
             reader = train_reader(*load_frames(world, args.episodes, args.count), args.steps)
             reader_file = args.save_reader or str(Path(tmp) / "reader.pt")
             torch.save({"spec": reader.spec(), "state": reader.state_dict()}, reader_file)
-        if args.save:
-            save_world_model(with_reader(args.model, reader_file, args.weight), args.save)
-            print(f"[goal-state] world model with its state reader (state_weight {args.weight}) in {args.save}")
+        if args.save or args.register:
+            folder = args.save or str(Path(tmp) / "world")
+            save_world_model(with_reader(args.model, reader_file, args.weight), folder)
+            print(f"[goal-state] world model with its state reader (state_weight {args.weight}) in {folder}")
+        if args.register:
+            register(folder, args.register, {"state_reader.model": args.model, "planner.state_weight": args.weight})
         if args.goals == 0:
             return
         print(f"\n| goal angles | success | of | by start (<1, 1-2, >2 rad) | goal angle error (median, rad) "

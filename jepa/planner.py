@@ -6,9 +6,9 @@ of them with one batched call of an energy function, and refits the Gaussian to 
 world model the energy is the L1 distance between the representation the model imagines after the
 sequence (or the closest, or the mean, of its imagined steps: ``PlannerConfig.energy``) and the
 goal image's (``latent_energy``), plus, when the model reads its goal's state from the goal image,
-a weighted distance between the imagined final state and that one. Model predictive control executes the first
-``replan_every`` actions of a plan and plans again from what it then sees; nothing here reads the
-simulator's notion of success.
+a weighted distance between the imagined final state and that one. Model predictive control
+executes the first ``replan_every`` actions of a plan and plans again from what it then sees;
+nothing here reads the simulator's notion of success.
 """
 
 from __future__ import annotations

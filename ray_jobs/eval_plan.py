@@ -213,7 +213,8 @@ def simulator_cem_episode(p: Protocol, episode: int) -> EpisodeResult:
 def simulator_energy_episode(world, p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
     """The world model's planner and energy with the true simulator as its predictor: what a perfect
     predictor would reach, so the gap to ``world-model`` is the predictor's and the gap from here to
-    ``simulator-cem`` the energy's (and the search's)."""
+    ``simulator-cem`` the energy's (and the search's). Tokens only: a state term
+    (``PlannerConfig.state_weight``) is not applied, so this stays the token energy's ceiling."""
     from jepa.mpc import warm_start
     from jepa.planner import goal_energy
 
