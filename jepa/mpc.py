@@ -39,8 +39,10 @@ class GoalView:
 def view_goal(world: WorldModel, image: np.ndarray, cfg: PlannerConfig) -> GoalView:
     """What the planner compares imagined steps with: the goal image's tokens, and its state read
     from it when ``cfg.state_weight`` > 0."""
-    state = world.read_state(image[None])[0] if cfg.state_weight > 0 else None
-    return GoalView(world.encode(image[None])[0], state)
+    if cfg.state_weight == 0:
+        return GoalView(world.encode(image[None])[0])
+    tokens, grid = world.encode_pooled(image[None], (world.cfg.pool, 1))  # one encoder pass for both
+    return GoalView(tokens[0], world.read_state(grid)[0])
 
 
 def plan_toward(world: WorldModel, observation: np.ndarray, goal: GoalView, state: np.ndarray | None,

@@ -67,31 +67,38 @@ class WorldModel(nn.Module):
         """The encoder's token grid of one frame, before pooling."""
         return self.jepa.token_grid[1:]
 
-    @torch.no_grad()
     def encode(self, frames: np.ndarray | Tensor, batch: int = 256, pool: int | None = None) -> Tensor:
         """uint8 frames (B, H, W, 3), any square size -> layer-normed tokens (B, N, E): each frame
         alone (repeated into one tubelet), resized to the encoder's input as training saw it, the
         token grid average-pooled by ``pool`` (default ``cfg.pool``; 1 for the state reader's grid)."""
-        pool = self.cfg.pool if pool is None else pool
+        return self.encode_pooled(frames, (self.cfg.pool if pool is None else pool,), batch)[0]
+
+    @torch.no_grad()
+    def encode_pooled(self, frames: np.ndarray | Tensor, pools: tuple[int, ...], batch: int = 256) -> tuple[Tensor, ...]:
+        """``encode`` at several poolings from one encoder pass: one (B, N_p, E) tensor per pool."""
         frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
         device = next(self.jepa.parameters()).device
-        out = []
+        out: list[list[Tensor]] = [[] for _ in pools]
         for chunk in frames.split(batch):
             x = clips_to_tensor(chunk[:, None], device)  # (b, 3, 1, H, W)
             if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
                 x = F.interpolate(x[:, :, 0], size=(self.img_size, self.img_size), mode="bilinear",
                                   align_corners=False, antialias=True)[:, :, None]
-            out.append(pool_tokens(self.jepa.embed(x), self.token_grid, pool))
-        return torch.cat(out)
+            tokens = self.jepa.embed(x)
+            for parts, pool in zip(out, pools):
+                parts.append(pool_tokens(tokens, self.token_grid, pool))
+        return tuple(torch.cat(parts) for parts in out)
 
     @torch.no_grad()
     def read_state(self, frames: np.ndarray | Tensor) -> Tensor:
-        """uint8 frames (B, H, W, 3) -> the configurations (B, qpos_dim) the state reader sees in them."""
+        """uint8 frames (B, H, W, 3), or their unpooled tokens (B, N, E) -> the configurations
+        (B, qpos_dim) the state reader sees in them."""
         if self.state_reader is None:
             raise ValueError("this world model has no state reader: it cannot read a goal's state from an image")
-        return self.state_reader(self.encode(frames, pool=1))
+        tokens = frames if torch.is_tensor(frames) and frames.is_floating_point() else self.encode(frames, pool=1)
+        return self.state_reader(tokens)
 
 
 def pool_tokens(tokens: Tensor, grid: tuple[int, int], pool: int) -> Tensor:

@@ -102,11 +102,12 @@ def encode_windows(model: WorldModel, windows: list[tuple[int, Any]], unpooled: 
                 frames.append(frame)
             ids.append(index[key])
         frame_ids.append(ids)
-    tokens = model.encode(np.stack(frames)).half()
-    data = EpisodeTokens(tokens, torch.tensor(frame_ids), torch.tensor(np.stack([w.actions.mean(1) for _, w in windows])),
+    grids = model.encode_pooled(np.stack(frames), (model.cfg.pool, 1) if unpooled else (model.cfg.pool,))
+    data = EpisodeTokens(grids[0].half(), torch.tensor(frame_ids),
+                         torch.tensor(np.stack([w.actions.mean(1) for _, w in windows])),
                          torch.tensor(np.stack([w.states for _, w in windows])))
     if unpooled:
-        data.unpooled = model.encode(np.stack(frames), pool=1).half()
+        data.unpooled = grids[1].half()
         data.frame_qpos = torch.zeros(len(frames), model.env["qpos_dim"])
         data.frame_qpos[data.frame_ids.flatten()] = data.states[..., : model.env["qpos_dim"]].flatten(0, 1)
     return data
