@@ -9,10 +9,12 @@ one process without Ray:
 
 1. trains a state reader on the world model's frozen encoder tokens (unpooled grid) of the
    episodes' frames, against their recorded joint angles, and prints its held-out error per joint
-   (``--reader FILE`` loads one saved by ``--save-reader`` instead);
+   (``--reader FILE`` loads one saved by ``--save-reader`` instead; with neither, the model's own,
+   as `jepa train-ac ... model.state_reader=true` trains it);
 2. plans on the tuning goals (``--seed-base``) with `jepa eval plan`'s protocol, MPC loop, planner
    and energy plus ``--weight`` times that distance, where the goal's angles are the true ones
-   (``oracle``: what a perfect reader would buy) or the reader's (``reader``);
+   (``oracle``: what a perfect reader would buy) or the reader's (``reader``); ``--read-only``
+   instead prints the reader's error on those goal images;
 3. with ``--save FOLDER`` (or ``--register NAME``), writes (registers) the world model with the
    reader and ``state_weight`` in its planner config, for `jepa eval plan` and `jepa serve deploy`.
 
@@ -49,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--episodes", help="episodes recorded by `jepa synth mujoco` (the model's training set)")
     p.add_argument("--count", type=int, default=600, help="episodes to read; the last sixth is held out")
     p.add_argument("--steps", type=int, default=1500, help="reader training steps of 128 frames")
-    p.add_argument("--reader", help="a reader saved by --save-reader, instead of training one")
+    p.add_argument("--reader", help="a reader saved by --save-reader, instead of training one (neither this "
+                                    "nor --episodes: the model's own reader)")
     p.add_argument("--save-reader", help="keep the trained reader in this file")
     p.add_argument("--save", help="write the world model with the reader and --weight as its planner's state_weight")
     p.add_argument("--register", metavar="NAME", help="also register that world model as NAME@candidate in MLflow "
@@ -57,14 +60,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--goals", type=int, default=20, help="tuning goals to plan for (0: none)")
     p.add_argument("--seed-base", type=int, default=2_000_000, help="goal seeds (not the reported 1,000,000)")
     p.add_argument("--sources", default="oracle,reader", help="goal angles to plan with: oracle, reader")
+    p.add_argument("--read-only", action="store_true", help="only read the goals' angles and print the reader's "
+                                                            "error on them (seconds, not a plan per goal)")
     p.add_argument("--weight", type=float, default=0.2, help="energy per radian of distance to the goal's angles")
     p.add_argument("--threads", type=int, default=2, help="torch threads / planning processes")
     args = p.parse_args()
     args.sources = [s for s in args.sources.split(",") if s]
     if unknown := set(args.sources) - {"oracle", "reader"}:
         p.error(f"unknown --sources {sorted(unknown)}; choose from oracle, reader")
-    if not args.reader and not args.episodes:
-        p.error("give --episodes to train a reader on, or --reader")
     return args
 
 
@@ -151,6 +154,23 @@ def plan_episode(job: tuple) -> dict:
             "seconds": float(np.mean([c.seconds for c in trace.calls]))}
 
 
+def read_goals(model: str, reader_file: str, seed_base: int, goals: int) -> None:
+    """The reader's error on the goal images of `jepa eval plan`'s protocol: what the state term aims at."""
+    from pipelines.planning_protocol import Protocol, make_goal
+
+    world = with_reader(model, reader_file, 0.0)
+    p = Protocol(env=world.env["domain"], frameskip=world.env["frameskip"], img_size=world.env["img_size"],
+                 seed_base=seed_base)
+    errors = []
+    for episode in range(goals):
+        goal = make_goal(p, episode)
+        true_q = torch.as_tensor(np.asarray(goal.qpos), dtype=torch.float32)
+        errors.append(float(state_distance(world.read_state(goal.image[None])[0], true_q, angular=True)))
+    e = np.asarray(errors)
+    print(f"[goal-state] reader on {goals} goals (seeds {seed_base}+): larger joint's error median {np.median(e):.3f} "
+          f"rad, p90 {np.quantile(e, 0.9):.3f}, under 0.05 rad {np.mean(e < 0.05):.0%}, under 0.1 {np.mean(e < 0.1):.0%}")
+
+
 def register(folder: str, name: str, params: dict) -> None:
     from ray_jobs import tracking
     from ray_jobs.training.registration import register_model
@@ -172,9 +192,14 @@ def main() -> None:
         reader_file = args.reader
         if reader_file is None:
             world = load_world(args.model)[0]
-            reader = train_reader(*load_frames(world, args.episodes, args.count), args.steps)
+            if args.episodes:
+                reader = train_reader(*load_frames(world, args.episodes, args.count), args.steps)
+            elif (reader := world.state_reader) is None:
+                sys.exit(f"{args.model} has no state reader: give --episodes to train one, or --reader")
             reader_file = args.save_reader or str(Path(tmp) / "reader.pt")
             torch.save({"spec": reader.spec(), "state": reader.state_dict()}, reader_file)
+        if args.read_only:
+            return read_goals(args.model, reader_file, args.seed_base, args.goals)
         if args.save or args.register:
             folder = args.save or str(Path(tmp) / "world")
             save_world_model(with_reader(args.model, reader_file, args.weight), folder)

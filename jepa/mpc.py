@@ -68,6 +68,7 @@ class MPCTrace:
     calls: list[PlanCall] = field(default_factory=list)
     observations: list[np.ndarray] = field(default_factory=list)
     """The frame each plan started from."""
+    goal: GoalView | None = None
 
 
 def warm_start(world: WorldModel, actions: np.ndarray, executed: int, horizon: int) -> Tensor:
@@ -85,7 +86,7 @@ def run_mpc(world: WorldModel, goal_image: np.ndarray, observe: Callable[[], tup
     from a generator seeded with ``seed + k``, so a client of ``/v1/plan`` sending those seeds and
     the ``warm_start`` it is given makes the same plans."""
     goal = view_goal(world, goal_image, cfg)
-    trace, mean, done = MPCTrace(), None, 0
+    trace, mean, done = MPCTrace(goal=goal), None, 0
     while done < budget:
         frame, state = observe()
         generator = torch.Generator().manual_seed(seed + len(trace.calls))

@@ -51,6 +51,9 @@ class EpisodeResult:
     plan_seconds: list[float] = field(default_factory=list)
     energies: list[list[float]] = field(default_factory=list)
     strip: list[np.ndarray] = field(default_factory=list)
+    goal_read_error: float | None = None
+    """How far the state the model's reader saw in the goal image lies from the goal's (the success
+    metric's distance), when the planner uses it: tells misreads from bad plans."""
 
 
 def load_world(uri: str):
@@ -74,9 +77,11 @@ def world_model_episode(world, p: Protocol, cfg: PlannerConfig, episode: int, ke
     uses_state = world.cfg.uses_state
     trace = run_mpc(world, goal.image, lambda: (ep.observation(), ep.state() if uses_state else None), ep.step,
                     p.budget, cfg, seed=goal.seed)
+    read = trace.goal.state
     return EpisodeResult(episode, "world-model", ep.outcome(), goal.start_distance,
                          [c.seconds for c in trace.calls], [c.energy for c in trace.calls],
-                         [*trace.observations, goal.image] if keep_strip else [])
+                         [*trace.observations, goal.image] if keep_strip else [],
+                         None if read is None else distance(p.env, read.float().cpu().numpy(), goal.qpos))
 
 
 def served_episode(client, env: dict[str, Any], p: Protocol, cfg: PlannerConfig, episode: int) -> EpisodeResult:
@@ -268,15 +273,20 @@ class PlanReport:
         wins = sum(r.outcome.success for r in rs)
         low, high = wilson_interval(wins, len(rs))
         seconds = [s for r in rs for s in r.plan_seconds]
+        read = [r.goal_read_error for r in rs if r.goal_read_error is not None]
         return {"episodes": len(rs), "successes": wins, "success": wins / max(1, len(rs)), "low": low, "high": high,
                 "final_distance_median": float(np.median([r.outcome.final_distance for r in rs])),
                 "best_distance_median": float(np.median([r.outcome.best_distance for r in rs])),
-                "plan_seconds_mean": float(np.mean(seconds)) if seconds else None}
+                "plan_seconds_mean": float(np.mean(seconds)) if seconds else None,
+                "goal_read_error_median": float(np.median(read)) if read else None}
+
+    @property
+    def unit(self) -> str:
+        return "rad" if self.settings["env"] == "reacher" else "m"
 
     def table(self) -> Table:
-        unit = "rad" if self.settings["env"] == "reacher" else "m"
-        t = Table(["policy", "episodes", "success", "95% interval", f"final dist. ({unit}, median)",
-                   f"best dist. ({unit}, median)", "plan s/call"])
+        t = Table(["policy", "episodes", "success", "95% interval", f"final dist. ({self.unit}, median)",
+                   f"best dist. ({self.unit}, median)", "plan s/call"])
         for policy in self.results:
             s = self.summary(policy)
             t.rows.append([policy, s["episodes"], f"{s['success']:.0%}", f"[{s['low']:.0%}, {s['high']:.0%}]",
@@ -295,9 +305,21 @@ class PlanReport:
                            *[sum(r.outcome.success for r in rs if low <= r.start_distance < high) for rs in self.results.values()]])
         return t
 
+    def goal_reading(self) -> str:
+        """A sentence on how well the planner's state reader saw the goals, where one was used."""
+        out = []
+        for policy, rs in self.results.items():
+            read = [r.goal_read_error for r in rs if r.goal_read_error is not None]
+            if read:
+                within = sum(e <= self.settings["tolerance"] for e in read)
+                out.append(f"{policy} read the goal's state from the goal image within {np.median(read):.3f} "
+                           f"{self.unit} (median, largest coordinate) of the true one; within the success tolerance for "
+                           f"{within} of {len(read)} goals.\n\n")
+        return "".join(out)
+
     def markdown(self) -> str:
         st = self.settings
-        return (f"## Planning: {self.model} on {st['env']}\n\n{self.table().markdown()}\n\n"
+        return (f"## Planning: {self.model} on {st['env']}\n\n{self.table().markdown()}\n\n{self.goal_reading()}"
                 f"Successes by start-to-goal distance:\n\n{self.by_distance().markdown()}\n\n"
                 f"Goal: the frame after {st['goal_steps']} random agent steps, a draw held for "
                 f"{GOAL_HOLD[st['env']]} (start-to-goal distance median "
@@ -308,8 +330,8 @@ class PlanReport:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "settings": self.settings,
                 "policies": {p: self.summary(p) for p in self.results},
-                "episodes": {p: [{"episode": r.episode, **asdict(r.outcome), "start_distance": r.start_distance}
-                                 for r in rs] for p, rs in self.results.items()}}
+                "episodes": {p: [{"episode": r.episode, **asdict(r.outcome), "start_distance": r.start_distance,
+                                  "goal_read_error": r.goal_read_error} for r in rs] for p, rs in self.results.items()}}
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -320,6 +342,8 @@ class PlanReport:
                     f"{key}.final_distance": s["final_distance_median"]}
             if s["plan_seconds_mean"] is not None:
                 out[f"{key}.plan_seconds"] = s["plan_seconds_mean"]
+            if s["goal_read_error_median"] is not None:
+                out[f"{key}.goal_read_error"] = s["goal_read_error_median"]
         return out
 
 
