@@ -69,6 +69,7 @@ class MPCTrace:
     observations: list[np.ndarray] = field(default_factory=list)
     """The frame each plan started from."""
     goal: GoalView | None = None
+    """What every plan aimed at: the goal's tokens, and its state as read from the goal image."""
 
 
 def warm_start(world: WorldModel, actions: np.ndarray, executed: int, horizon: int) -> Tensor:
