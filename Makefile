@@ -64,7 +64,7 @@ demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), regis
 physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (31 min on 2 CPU cores with native bf16: BENCHMARKS.md)
 	$(JEPA) demo --recipe physics
 
-reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor, eval plan (figures and status: BENCHMARKS.md)
+reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor and state reader, eval plan (98% of goals, 133 min on 2 CPU cores: BENCHMARKS.md)
 	$(JEPA) demo --recipe reacher
 
 point-mass: setup ## the same world-model recipe on DMC point_mass (the second environment)
