@@ -10,8 +10,10 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
 - **pair accuracy** (max and mean surprise) on a few violation pairs per type, scored exactly as
   `jepa eval surprise` scores them; in brackets, the same with copy-forward as the predictor, in
   the model's own target features (what those features let a "nothing moves" model tell apart);
-  in square brackets, the pixel extrapolator's. ``--score-steps 0,1`` scores the pairs once per
-  value (0: every predicted step in a window's surprise; N: the first N, as ``--score-steps``).
+  in square brackets, the pixel extrapolator's; then the % of pairs whose two maxima tie (both
+  in a window before the onset: the violation was not the video's most surprising moment).
+  ``--score-steps 0,1`` scores the pairs once per value (0: every predicted step in a window's
+  surprise; N: the first N, as ``--score-steps``).
 - with ``--probe-videos N``, **probes** of the target encoder on N more videos' first clips (the
   tasks, probe and head grid of `jepa eval probe`; 60/20/20 split), test accuracy or R² per task;
   at step 0 that is the random initialisation, and pixels are probed once beside it.
@@ -186,7 +188,9 @@ def copy_surprise(model: JEPA, video: torch.Tensor, windows: Windows, context_st
 def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int,
                   score_steps: int | None) -> dict[str, tuple[float, ...]]:
     """Per type: % of pairs where the impossible video's surprise is higher, by (max, mean) of the
-    predictor's surprise, then of the copy-forward surprise, then of the pixel extrapolator's."""
+    predictor's surprise, then of the copy-forward surprise, then of the pixel extrapolator's; last,
+    % of pairs whose two predictor maxima tie (the max falls in a window before the onset, the same
+    in both videos)."""
     scores: dict[str, list[list[float]]] = {}
     for kind, possible, impossible in pairs:
         videos = [clips_to_tensor(torch.from_numpy(v)[None])[0] for v in (possible, impossible)]
@@ -199,6 +203,7 @@ def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int,
         for possible_s, impossible_s in (pred, copy, pixel):
             row += [float(pair_correct(possible_s.max(), impossible_s.max())),
                     float(pair_correct(possible_s.mean(), impossible_s.mean()))]
+        row.append(float(pred[0].max() == pred[1].max()))
         scores.setdefault(kind, []).append(row)
     return {k: tuple(round(100 * float(x), 1) for x in np.mean(v, axis=0)) for k, v in scores.items()}
 
@@ -266,9 +271,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})", flush=True)
         for score_steps in args.score_steps:
             acc = pair_accuracy(model, pairs, context_steps, mask_index, score_steps or None)
-            cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}]" for k, (a, b, c, d, e, f) in acc.items())
+            cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}] ties {t:.0f}"
+                              for k, (a, b, c, d, e, f, t) in acc.items())
             print(f"  {'all' if not score_steps else score_steps} predicted steps scored, pairs max/mean % "
-                  f"(copy-forward's) [pixels']: {cells}", flush=True)
+                  f"(copy-forward's) [pixels'], % of max ties: {cells}", flush=True)
         if probe_set is not None:
             encoders = {"target encoder": model.embed}
             if args.probe_context and step > 0:
