@@ -21,7 +21,8 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
     python bench/bench_physics_learning.py --steps 600 --eval-every 200
     python bench/bench_physics_learning.py --context-steps 7 --freeze-encoder
     python bench/bench_physics_learning.py --steps 300 --eval-every 150 --probe-videos 1500
-    python bench/bench_physics_learning.py --freeze-encoder --future-only --cached-features --steps 1600
+    python bench/bench_physics_learning.py --freeze-encoder --future-only --cached-features --steps 1600 \
+        model.pred_copy_context=false
 
 With a frozen encoder and the future mask alone, ``--cached-features`` encodes every clip of the
 training videos once and trains the predictor alone on those features: no encoder pass per step,
