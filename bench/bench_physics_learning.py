@@ -11,7 +11,9 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
   `jepa eval surprise` scores them; in brackets, the same with copy-forward as the predictor, in
   the model's own target features (what those features let a "nothing moves" model tell apart);
   in square brackets, the pixel extrapolator's; then the % of pairs whose two maxima tie (both
-  in a window before the onset: the violation was not the video's most surprising moment).
+  in a window before the onset: the violation was not the video's most surprising moment) and
+  the % right in the one window that first predicts a frame where the two videos differ (the
+  predictor's, then copy-forward's in brackets).
   ``--score-steps 0,1`` scores the pairs once per value (0: every predicted step in a window's
   surprise; N: the first N, as ``--score-steps``).
 - with ``--probe-videos N``, **probes** of the target encoder on N more videos' first clips (the
@@ -67,20 +69,20 @@ def _video(args: tuple[int, int]) -> np.ndarray:
     return render_video(WORLD, video_seed(seed, index))[2]
 
 
-def _pair(args: tuple[str, int]) -> tuple[str, np.ndarray, np.ndarray]:
+def _pair(args: tuple[str, int]) -> tuple[str, np.ndarray, np.ndarray, int]:
     kind, index = args
     p = indexed_pair(WORLD, 1, kind, index)
-    return kind, p.possible, p.impossible
+    return kind, p.possible, p.impossible, p.onset_frame if p.first_diff_frame is None else p.first_diff_frame
 
 
 def render_all(n_videos: int, n_pairs: int, step: int) -> tuple[torch.Tensor, list]:
-    """uint8 training videos (N, T, H, W, 3) and (type, possible, impossible) pairs, every
-    ``step``-th frame (the recipe's fps)."""
+    """uint8 training videos (N, T, H, W, 3) and (type, possible, impossible, first differing
+    frame) pairs, every ``step``-th frame (the recipe's fps)."""
     with ProcessPoolExecutor(2) as pool:
         videos = list(pool.map(_video, [(0, i) for i in range(n_videos)], chunksize=20))
         pairs = list(pool.map(_pair, [(k, i) for k in PAIR_TYPES for i in range(n_pairs)]))
     return (torch.from_numpy(np.stack(videos)[:, ::step].copy()),
-            [(k, a[::step].copy(), b[::step].copy()) for k, a, b in pairs])
+            [(k, a[::step].copy(), b[::step].copy(), -(-first_diff // step)) for k, a, b, first_diff in pairs])
 
 
 PROBE_SEED = 5
@@ -191,9 +193,10 @@ def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int,
     """Per type: % of pairs where the impossible video's surprise is higher, by (max, mean) of the
     predictor's surprise, then of the copy-forward surprise, then of the pixel extrapolator's; last,
     % of pairs whose two predictor maxima tie (the max falls in a window before the onset, the same
-    in both videos)."""
+    in both videos), and % right by the predictor's (then copy-forward's) surprise in the window
+    that first predicts a frame where the videos differ (both futures the same up to there)."""
     scores: dict[str, list[list[float]]] = {}
-    for kind, possible, impossible in pairs:
+    for kind, possible, impossible, first_diff in pairs:
         videos = [clips_to_tensor(torch.from_numpy(v)[None])[0] for v in (possible, impossible)]
         curves = [surprise_curve(model, v, context_steps=context_steps, mask_index=mask_index, score_steps=score_steps)
                   for v in videos]
@@ -204,7 +207,10 @@ def pair_accuracy(model: JEPA, pairs: list, context_steps: int, mask_index: int,
         for possible_s, impossible_s in (pred, copy, pixel):
             row += [float(pair_correct(possible_s.max(), impossible_s.max())),
                     float(pair_correct(possible_s.mean(), impossible_s.mean()))]
-        row.append(float(pred[0].max() == pred[1].max()))
+        w = curves[0].windows
+        at = next((i for i, f in enumerate(w.predicted_from) if f + w.scored > first_diff), len(w.starts) - 1)
+        row += [float(pred[0].max() == pred[1].max()), float(pair_correct(pred[0][at], pred[1][at])),
+                float(pair_correct(copy[0][at], copy[1][at]))]
         scores.setdefault(kind, []).append(row)
     return {k: tuple(round(100 * float(x), 1) for x in np.mean(v, axis=0)) for k, v in scores.items()}
 
@@ -272,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"step {step:5d}  pred/copy {ratio:.3f} (first step {first:.3f})", flush=True)
         for score_steps in args.score_steps:
             acc = pair_accuracy(model, pairs, context_steps, mask_index, score_steps or None)
-            cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}] ties {t:.0f}"
-                              for k, (a, b, c, d, e, f, t) in acc.items())
+            cells = "  ".join(f"{k} {a:.0f}/{b:.0f} ({c:.0f}/{d:.0f}) [{e:.0f}/{f:.0f}] ties {t:.0f} onset {o:.0f} ({co:.0f})"
+                              for k, (a, b, c, d, e, f, t, o, co) in acc.items())
             print(f"  {'all' if not score_steps else score_steps} predicted steps scored, pairs max/mean % "
-                  f"(copy-forward's) [pixels'], % of max ties: {cells}", flush=True)
+                  f"(copy-forward's) [pixels'], % of max ties, % right at the onset window (copy-forward's): {cells}", flush=True)
         if probe_set is not None:
             encoders = {"target encoder": model.embed}
             if args.probe_context and step > 0:
