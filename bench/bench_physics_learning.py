@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jepa.config import MaskConfig, load_config  # noqa: E402
 from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
 from jepa.model import JEPA, build_jepa  # noqa: E402
-from jepa.objective import jepa_loss, normalize_targets  # noqa: E402
+from jepa.objective import normalize_targets  # noqa: E402
 from jepa.optim import build_optimizer, lr_at, set_lr  # noqa: E402
 from jepa.probe import evaluate as evaluate_probe  # noqa: E402
 from jepa.probe import pixel_features, train_probes  # noqa: E402
@@ -146,17 +146,16 @@ def cache_features(model: JEPA, videos: torch.Tensor, frames: int, context_steps
 
 
 def cached_step(model: JEPA, cache: tuple[torch.Tensor, ...], batch_size: int, optimizer, lr: float, precision: str,
-                loss: str, g: torch.Generator, mask_index: int) -> float:
+                g: torch.Generator, mask_index: int) -> float:
     """One predictor-only step on ``cache_features``' output."""
     context, target, context_ids, target_ids = cache
     idx = torch.randint(len(context), (batch_size,), generator=g)
     set_lr(optimizer, lr)
     with autocast(torch.device("cpu"), precision):
-        pred = model.predictor(context[idx], context_ids.expand(batch_size, -1), target_ids.expand(batch_size, -1),
-                               model.token_grid, mask_index=mask_index)
-        out = jepa_loss(pred.float(), target[idx], loss)
+        out, nll = model.prediction_losses(context[idx], context_ids.expand(batch_size, -1),
+                                           target_ids.expand(batch_size, -1), target[idx], model.token_grid, mask_index)
     optimizer.zero_grad(set_to_none=True)
-    out.backward()
+    (out if nll is None else out + nll).backward()
     optimizer.step()
     return out.item()
 
@@ -304,8 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(args.steps):
         lr = lr_at(step, cfg.optim, args.steps)
         if cache is not None:
-            loss = cached_step(model, cache, args.batch_size, optimizer, lr, cfg.train.precision, cfg.model.loss, g,
-                               mask_index)
+            loss = cached_step(model, cache, args.batch_size, optimizer, lr, cfg.train.precision, g, mask_index)
             rank = ""
         else:
             clips = random_clips(train, args.batch_size, cfg.model.num_frames, g)

@@ -70,6 +70,12 @@ class ModelConfig:
     """Each prediction starts from the latest context token at its place (layer-normed; with a
     future mask, the last context step), and the predictor learns only the change: at init it
     predicts "nothing moves". Off in the reference, whose predictions start from mask tokens."""
+    pred_error_scale: bool = False
+    """The predictor also predicts how wrong it will be: a Laplace scale per predicted feature,
+    trained by the negative log-likelihood of the detached errors (so it never pulls the
+    predictions toward easy tokens). Surprise is then that likelihood: a miss where the model
+    expected to be right counts more than one where it knew it could not be (a bounce, a
+    collision). Off in the reference."""
     loss: Literal["l1", "mse"] = "l1"
     """Regression loss on the layer-normed targets: l1 (the reference's) or mse (I-JEPA's). Under L1
     every token an exact copy already predicts pulls the predicted change toward zero as hard as a

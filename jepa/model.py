@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from jepa.config import ModelConfig
 from jepa.masks import MaskBatch
-from jepa.objective import effective_rank, feature_std, jepa_loss, normalize_targets
+from jepa.objective import abs_error, effective_rank, feature_std, jepa_loss, laplace_nll, normalize_targets
 from jepa.predictor import Predictor
 from jepa.vit import VisionTransformer, build_encoder, gather_tokens
 
@@ -34,24 +34,42 @@ class JEPA(nn.Module):
         return self._token_grid
 
     def forward(self, clips: Tensor, masks: list[MaskBatch]) -> dict[str, Tensor]:
-        """clips (B, C, T, H, W), one MaskBatch per mask config -> {"loss", "target_std", "effective_rank"}.
+        """clips (B, C, T, H, W), one MaskBatch per mask config -> {"loss", "target_std",
+        "effective_rank"}, and "error_nll" when the predictor has an error scale head.
 
-        The last two are collapse diagnostics of the layer-normed target features (no grad).
+        "target_std" and "effective_rank" are collapse diagnostics of the layer-normed target
+        features (no grad). "error_nll" trains the error scale on the detached errors, so it
+        learns how wrong the predictions are without changing what they regress to.
         """
         grid = self.encoder.token_grid(*clips.shape[-3:])
         with torch.no_grad():
             targets = self.target_encoder(clips)  # (B, N, D): every token, no masking
-        losses = []
+        losses, nlls = [], []
         for i, m in enumerate(masks):
             z = self.encoder(clips, keep=m.context)  # (B, Nc, D)
-            pred = self.predictor(z, m.context, m.target, grid, mask_index=i)  # (B, Nt, D)
-            losses.append(jepa_loss(pred, gather_tokens(targets, m.target), self.loss))
+            loss, nll = self.prediction_losses(z, m.context, m.target, gather_tokens(targets, m.target), grid, i)
+            losses.append(loss)
+            nlls += [] if nll is None else [nll]
         normed = normalize_targets(targets)
-        return {
+        out = {
             "loss": torch.stack(losses).mean(),
             "target_std": feature_std(normed),
             "effective_rank": effective_rank(normed),  # SVD of <= 1024 tokens: bounded cost
         }
+        if nlls:
+            out["error_nll"] = torch.stack(nlls).mean()
+        return out
+
+    def prediction_losses(self, context: Tensor, context_ids: Tensor, target_ids: Tensor, targets: Tensor,
+                          grid: tuple[int, int, int], mask_index: int) -> tuple[Tensor, Tensor | None]:
+        """From encoded context (B, Nc, D): the regression loss onto the target encoder's tokens
+        ``targets`` (B, Nt, D), and the error scale's loss (None when the predictor has no head)."""
+        if self.predictor.log_scale is None:
+            pred = self.predictor(context, context_ids, target_ids, grid, mask_index=mask_index)
+            return jepa_loss(pred, targets, self.loss), None
+        pred, log_scale = self.predictor(context, context_ids, target_ids, grid, mask_index=mask_index,
+                                         with_log_scale=True)
+        return jepa_loss(pred, targets, self.loss), laplace_nll(abs_error(pred.detach(), targets), log_scale).mean()
 
     @torch.no_grad()
     def embed(self, clips: Tensor) -> Tensor:
@@ -92,5 +110,6 @@ def build_jepa(model_cfg: ModelConfig, num_mask_configs: int) -> JEPA:
         num_mask_tokens=num_mask_configs,
         activation_checkpointing=model_cfg.activation_checkpointing,
         copy_context=model_cfg.pred_copy_context,
+        error_scale=model_cfg.pred_error_scale,
     )
     return JEPA(encoder, predictor, token_grid(model_cfg), loss=model_cfg.loss)

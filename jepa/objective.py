@@ -28,6 +28,19 @@ def jepa_loss(pred: Tensor, target_tokens: Tensor, kind: str = "l1") -> Tensor:
     raise ValueError(f"loss must be l1 or mse, got {kind!r}")
 
 
+def abs_error(pred: Tensor, target_tokens: Tensor) -> Tensor:
+    """|prediction - layer-normed target| per feature (B, Nt, D), in float32."""
+    return (pred.float() - normalize_targets(target_tokens.float())).abs()
+
+
+def laplace_nll(error: Tensor, log_scale: Tensor) -> Tensor:
+    """Elementwise negative log-likelihood (less a constant) of an absolute ``error`` under a
+    Laplace distribution of scale ``exp(log_scale)``: ``error / scale + log_scale``. Least at
+    the scale equal to the error, so a head trained on it learns how wrong its predictions
+    usually are, feature by feature and place by place."""
+    return error * torch.exp(-log_scale.float()) + log_scale.float()
+
+
 def feature_std(features: Tensor) -> Tensor:
     """Std of each feature dim across all tokens (..., D), averaged over dims.
 

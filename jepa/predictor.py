@@ -30,6 +30,7 @@ class Predictor(nn.Module):
         mlp_ratio: float = 4.0,
         activation_checkpointing: bool = False,
         copy_context: bool = False,
+        error_scale: bool = False,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -46,6 +47,12 @@ class Predictor(nn.Module):
         init_weights(self, self.blocks)
         if copy_context:  # start as "nothing moves": the blocks learn only the change
             nn.init.zeros_(self.proj.weight)
+        # How wrong each prediction is likely to be: per feature, the log scale of a Laplace
+        # distribution over its error; zero at init (scale 1, so surprise starts as plain L1).
+        self.log_scale = nn.Linear(pred_embed_dim, embed_dim) if error_scale else None
+        if error_scale:
+            nn.init.zeros_(self.log_scale.weight)
+            nn.init.zeros_(self.log_scale.bias)
 
     def forward(
         self,
@@ -54,9 +61,11 @@ class Predictor(nn.Module):
         target_ids: Tensor,
         grid: tuple[int, int, int],
         mask_index: int = 0,
-    ) -> Tensor:
+        with_log_scale: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """context (B, Nc, E) at token indices context_ids (B, Nc) -> predictions (B, Nt, E)
-        for target_ids (B, Nt), using mask token `mask_index`."""
+        for target_ids (B, Nt), using mask token `mask_index`; with ``with_log_scale`` also the log
+        error scale of each predicted feature (B, Nt, E) (needs ``error_scale``)."""
         B, n_ctx, _ = context.shape
         x = self.embed(context)  # (B, Nc, D)
         queries = self.mask_tokens[mask_index].expand(B, target_ids.shape[1], -1)  # (B, Nt, D)
@@ -64,12 +73,17 @@ class Predictor(nn.Module):
         ids = torch.cat((context_ids, target_ids), dim=1)  # (B, Nc + Nt)
         cos, sin = rope_tables(ids, grid, x.shape[-1] // self.num_heads)
         x = run_blocks(self.blocks, x, cos, sin, self.activation_checkpointing)
-        out = self.proj(self.norm(x[:, n_ctx:]))  # (B, Nt, E)
+        hidden = self.norm(x[:, n_ctx:])  # (B, Nt, D)
+        out = self.proj(hidden)  # (B, Nt, E)
         if self.copy_context:
             source, found = latest_context_at_place(context_ids, target_ids, grid)
             start = gather_tokens(F.layer_norm(context, context.shape[-1:]), source)  # (B, Nt, E)
             out = out + start * found.unsqueeze(-1)
-        return out
+        if not with_log_scale:
+            return out
+        if self.log_scale is None:
+            raise ValueError("this predictor has no error scale head (model.pred_error_scale: false)")
+        return out, self.log_scale(hidden)
 
 
 def latest_context_at_place(context_ids: Tensor, target_ids: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,12 @@ features of the remaining steps; a window's surprise is the mean L1 between the 
 learned the world's physics is more surprised by a video that breaks them: for a matched pair
 (possible, impossible) the score is right when the impossible video's max (or mean) is higher.
 
+A predictor with an error scale head (``model.pred_error_scale``) also says how wrong it expects
+feature of each prediction to be; its surprise is then the mean negative log-likelihood of the
+errors under those scales (score "nll"): L1 weighed by the model's confidence, so a miss where the future was
+plainly predictable (a ball that jumps in free flight) outweighs the usual misses at bounces. An
+untrained head has scale 1 everywhere, where "nll" equals "l1".
+
 The pixel baseline scores the same windows with a model that knows no physics beyond
 "things keep moving": linear extrapolation of the last two context frames, L1 in pixel space.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +29,7 @@ from torch import Tensor
 from jepa.config import MaskConfig
 from jepa.masks import FutureMaskGenerator, MaskBatch
 from jepa.model import JEPA
-from jepa.objective import normalize_targets
+from jepa.objective import abs_error, laplace_nll
 from jepa.vit import gather_tokens
 
 
@@ -65,12 +72,21 @@ class Windows:
         return [s + self.context_frames for s in self.starts]
 
 
+Score = Literal["l1", "nll"]
+
+
+def default_score(model: JEPA) -> Score:
+    """"nll" for a predictor with an error scale head (the surprise it was trained to give), else "l1"."""
+    return "l1" if model.predictor.log_scale is None else "nll"
+
+
 @dataclass
 class SurpriseCurve:
     """Per-window surprise of one video, in window order."""
 
     values: np.ndarray  # (W,)
     windows: Windows
+    score: Score = "l1"
 
     @property
     def max(self) -> float:
@@ -90,6 +106,7 @@ class SurpriseCurve:
             "scored_frames": self.windows.scored,
             "max": self.max,
             "mean": self.mean,
+            "score": self.score,
         }
 
 
@@ -124,6 +141,7 @@ def surprise_curve(
     mask_index: int = 0,
     stride_frames: int | None = None,
     score_steps: int | None = None,
+    score: Score | None = None,
     batch_size: int = 8,
 ) -> SurpriseCurve:
     """Per-window surprise of one normalised video (3, F, H, W) on the model's device.
@@ -131,8 +149,11 @@ def surprise_curve(
     Windows are as long as the model's training clips; ``context_steps`` token time steps of each
     are context; ``mask_index`` picks the predictor's mask token (the future config's, ideally).
     The stride defaults to one tubelet; ``score_steps`` (default: all) keeps the first predicted
-    token time steps in the score.
+    token time steps in the score; ``score`` defaults to `default_score`.
     """
+    score = score or default_score(model)
+    if score == "nll" and model.predictor.log_scale is None:
+        raise ValueError("score 'nll' needs a predictor with an error scale head (model.pred_error_scale: true)")
     frames, height, width = model.token_grid[0] * model.encoder.tubelet_size, *video.shape[-2:]
     tubelet = model.encoder.tubelet_size
     windows = Windows(frames, context_steps * tubelet, stride_frames or tubelet, video.shape[1],
@@ -144,11 +165,15 @@ def surprise_curve(
     for clips in _window_batches(video, windows, batch_size):
         m: MaskBatch = future(clips.shape[0]).to(clips.device)
         context = model.encoder(clips, keep=m.context)  # (B, Nc, D)
-        pred = model.predictor(context, m.context, m.target, grid, mask_index=mask_index)  # (B, Nt, D)
-        target = normalize_targets(gather_tokens(model.target_encoder(clips), m.target))  # (B, Nt, D)
-        error = (pred.float() - target.float()).abs()[:, :scored_tokens]
-        values.append(error.mean(dim=(1, 2)))
-    return SurpriseCurve(torch.cat(values).cpu().numpy(), windows)
+        target = gather_tokens(model.target_encoder(clips), m.target)  # (B, Nt, D)
+        if score == "nll":
+            pred, log_scale = model.predictor(context, m.context, m.target, grid, mask_index=mask_index,
+                                              with_log_scale=True)
+            error = laplace_nll(abs_error(pred, target), log_scale)  # (B, Nt, D)
+        else:
+            error = abs_error(model.predictor(context, m.context, m.target, grid, mask_index=mask_index), target)
+        values.append(error[:, :scored_tokens].mean(dim=(1, 2)))
+    return SurpriseCurve(torch.cat(values).cpu().numpy(), windows, score)
 
 
 def pixel_surprise_curve(video: Tensor, windows_like: Windows) -> SurpriseCurve:

@@ -38,8 +38,9 @@ MicroBatch = tuple[Tensor, list[MaskBatch]]
 
 
 def _diagnostics(out: dict[str, Tensor]) -> dict[str, float]:
-    """Collapse statistics of the target features (see `jepa.objective.collapse_warning`)."""
-    return {"target_std": out["target_std"].item(), "effective_rank": out["effective_rank"].item()}
+    """Collapse statistics of the target features (see `jepa.objective.collapse_warning`), and the
+    error scale's loss when the predictor has one."""
+    return {k: out[k].item() for k in ("target_std", "effective_rank", "error_nll") if k in out}
 
 
 def train_step(
@@ -60,7 +61,7 @@ def train_step(
     set_lr(optimizer, lr)
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     loss = 0.0
-    diagnostics = {"target_std": 0.0, "effective_rank": 0.0}  # means over the micro-batches
+    diagnostics: dict[str, float] = {}  # means over the micro-batches
     for i, (clips, masks) in enumerate(micro_batches):
         clips = clips.to(device, non_blocking=True)
         masks = [m.to(device, non_blocking=True) for m in masks]
@@ -68,10 +69,10 @@ def train_step(
         with model.no_sync() if ddp and not last else contextlib.nullcontext():
             with autocast(device, precision):
                 out = model(clips, masks)
-            (out["loss"] / len(micro_batches)).backward()
+            ((out["loss"] + out.get("error_nll", 0.0)) / len(micro_batches)).backward()
         loss += out["loss"].item() / len(micro_batches)
         for k, v in _diagnostics(out).items():
-            diagnostics[k] += v / len(micro_batches)
+            diagnostics[k] = diagnostics.get(k, 0.0) + v / len(micro_batches)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     jepa = model.module if ddp else model

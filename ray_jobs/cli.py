@@ -192,8 +192,11 @@ def _eval_surprise(args: argparse.Namespace) -> None:
     if args.score_steps is not None and not 0 < args.score_steps <= predicted:
         raise UsageError(f"--score-steps must be in 1..{predicted} (the token time steps this model predicts), "
                          f"got {args.score_steps}")
+    if args.score == "nll" and evaluated.model.predictor.log_scale is None:
+        raise UsageError(f"--score nll needs error scales, and {args.model} was trained without them "
+                         f"(model.pred_error_scale: false); use --score l1")
     report = evaluate_surprise(evaluated, args.pairs, max_pairs=args.max_pairs, stride_frames=args.stride_frames,
-                               score_steps=args.score_steps, precision=args.precision,
+                               score_steps=args.score_steps, score=args.score, precision=args.precision,
                                progress=not args.no_progress)
     _eval_output(args, evaluated, report, record)
 
@@ -510,6 +513,10 @@ def _add_eval(sub) -> None:
     sur.add_argument("--stride-frames", type=int, help="frames between windows (default: one tubelet)")
     sur.add_argument("--score-steps", type=int, metavar="N",
                      help="score only the first N predicted token time steps of each window (default: all)")
+    sur.add_argument("--score", choices=("l1", "nll"),
+                     help="a window's surprise: l1 = mean L1 to the target features; nll = their negative "
+                          "log-likelihood under the predictor's error scales (needs model.pred_error_scale). "
+                          "Default: nll when the model has error scales, else l1")
     sur.add_argument("--precision", choices=typing.get_args(Precision), default="auto",
                      help="autocast dtype of the networks, as train.precision: auto = bf16 on a GPU, float32 "
                           "on a CPU; bf16 = bf16 on a CPU too (about 2x faster where it has native bf16)")

@@ -17,7 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jepa.stats import Estimate, bootstrap
-from jepa.surprise import SurpriseCurve, pair_correct, pixel_surprise_curve, surprise_curve, surprise_mask
+from jepa.surprise import (
+    Score, SurpriseCurve, default_score, pair_correct, pixel_surprise_curve, surprise_curve, surprise_mask,
+)
 from jepa.train_step import autocast
 from jepa.transforms import clips_to_tensor
 from pipelines.physics_pairs import read_pairs
@@ -88,7 +90,7 @@ class SurpriseReport:
         return (f"# Surprise on violation pairs: {self.model}\n\n"
                 f"Pairs: `{self.pairs_uri}`. Windows of {s['window_frames']} frames at {s['fps']} fps, "
                 f"{s['context_frames']} of context, the next {s['scored_frames']} scored, stride "
-                f"{s['stride_frames']}; predictor mask: {s['mask']}; precision: {s['precision']}.\n"
+                f"{s['stride_frames']}; predictor mask: {s['mask']}; surprise: {s['score']}; precision: {s['precision']}.\n"
                 f"Pairwise accuracy (%) with bootstrap 95% intervals; a pair is right when the impossible "
                 f"video's surprise (max or mean over windows) is higher, ties count half.\n\n"
                 f"{self.table().markdown()}\n")
@@ -109,13 +111,15 @@ def evaluate_surprise(
     max_pairs: int | None = None,
     stride_frames: int | None = None,
     score_steps: int | None = None,
+    score: Score | None = None,
     examples_per_type: int = 1,
     precision: str = "auto",
     progress: bool = True,
 ) -> SurpriseReport:
     """Score every pair (or the first ``max_pairs`` of each type) with the three scorers. Both
     networks run under ``precision`` (as ``train.precision``; bf16 halves the time on CPUs with
-    native bf16 and flips a few close pairs: docs/evaluation.md)."""
+    native bf16 and flips a few close pairs: docs/evaluation.md) and give the same ``score``
+    (default: the trained model's `default_score`)."""
     cfg = evaluated.cfg
     rows = read_pairs(pairs_uri).to_pylist()
     if max_pairs is not None:
@@ -131,12 +135,13 @@ def evaluate_surprise(
     mask_index, context_steps, mask_kind = surprise_mask(cfg.masks, evaluated.model.token_grid[0])
     device = next(evaluated.model.parameters()).device
     models = {"trained": evaluated.model, "random-init": random_init(cfg).to(device)}
+    score = score or default_score(evaluated.model)
 
     def score(video: np.ndarray) -> dict[str, SurpriseCurve]:
         x = clips_to_tensor(video[None], device)[0]  # (3, F, H, W)
         with autocast(device, precision):
             curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index,
-                                           stride_frames=stride_frames, score_steps=score_steps)
+                                           stride_frames=stride_frames, score_steps=score_steps, score=score)
                       for name, m in models.items()}
         curves["pixel"] = pixel_surprise_curve(x, curves["trained"].windows)
         return curves
@@ -157,7 +162,7 @@ def evaluate_surprise(
             ))
     windows = results[0].curves[0].windows
     settings = {"fps": cfg.data.fps, "window_frames": windows.window_frames, "context_frames": windows.context_frames,
-                "scored_frames": windows.scored, "stride_frames": windows.stride_frames, "mask": mask_kind,
+                "scored_frames": windows.scored, "stride_frames": windows.stride_frames, "mask": mask_kind, "score": score,
                 "precision": precision, "pairs": len(results)}
     return _summarise(evaluated.label, pairs_uri, settings, results)
 
@@ -204,7 +209,7 @@ def figures(report: SurpriseReport) -> dict[str, Any]:
         ax.set_title(ex.pair_id, fontsize=9)
         ax.set_xlabel("first predicted frame (s)")
     if examples:
-        curves.axes[0].set_ylabel("surprise (L1)")
+        curves.axes[0].set_ylabel(f"surprise ({report.settings['score']})")
         curves.axes[0].legend(fontsize=8)
     return {"surprise/accuracy.png": bars, "surprise/surprise_over_time.png": curves}
 

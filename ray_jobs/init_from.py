@@ -52,5 +52,5 @@ def load_init_weights(model: JEPA, cfg: RunConfig) -> None:
                                   f"{getattr(src_cfg, key)}")
         model.encoder.load_state_dict(src.encoder.state_dict())
         model.target_encoder.load_state_dict(src.target_encoder.state_dict())
-        if m.init_predictor:
-            model.predictor.load_state_dict(src.predictor.state_dict())
+        if m.init_predictor:  # an error scale head is ours alone: it starts fresh (at scale 1)
+            model.predictor.load_state_dict(src.predictor.state_dict(), strict=model.predictor.log_scale is None)

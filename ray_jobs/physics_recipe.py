@@ -27,6 +27,11 @@ backgrounds and at most three larger balls, so that what a CPU-sized model has t
 balls' motion rather than texture."""
 
 
+SURPRISE_SCORE_STEPS = 1
+"""Token time steps of each window's prediction that the recipe's surprise scores: the first, the
+one the predictor gets most nearly right, so a broken law stands out most (bench/NOTES.md)."""
+
+
 @dataclass
 class RecipeSizes:
     train_videos: int = 1000
@@ -87,7 +92,7 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     evaluated = load_evaluated_model(result.model_uri)
 
     stage(f"surprise on {pairs_uri}")
-    surprise = evaluate_surprise(evaluated, pairs_uri, precision=cfg.train.precision)
+    surprise = evaluate_surprise(evaluated, pairs_uri, score_steps=SURPRISE_SCORE_STEPS, precision=cfg.train.precision)
     record_surprise(evaluated, surprise)
     print(surprise.table().text())
 

@@ -75,6 +75,8 @@ class SurpriseAnswer(BaseModel):
     stride_frames: int
     max: float
     mean: float
+    score: str
+    """l1, or nll for a model with error scales (docs/evaluation.md)."""
     fps: float
     frames: int
     truncated: bool

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from jepa.config import MaskConfig, ModelConfig
@@ -52,3 +54,16 @@ def test_embed_uses_target_encoder():
     z = model.embed(clips)
     assert z.shape == (2, 64, 192) and not z.requires_grad
     assert torch.allclose(z, model.target_encoder(clips))
+
+
+def test_error_scale_head_learns_from_detached_errors():
+    # error_nll trains the scale head (and the trunk under it) but never the predictions' output
+    # layer: how wrong the model expects to be must not change what it predicts.
+    torch.manual_seed(0)
+    model = build_jepa(replace(CFG, pred_error_scale=True), num_mask_configs=2)
+    _, clips, masks = _model_and_batch()
+    out = model(clips, masks)
+    assert out["error_nll"].ndim == 0
+    out["error_nll"].backward()
+    assert model.predictor.log_scale.weight.grad.abs().sum() > 0
+    assert model.predictor.proj.weight.grad is None

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jepa.objective import feature_std, jepa_loss
+from jepa.objective import feature_std, jepa_loss, laplace_nll
 
 
 def test_loss_is_l1_to_layer_normed_targets():
@@ -33,3 +33,10 @@ def test_feature_std_detects_collapse():
     assert feature_std(collapsed).item() == 0.0
     healthy = F.layer_norm(torch.randn(4, 10, 32), (32,))
     assert 0.8 < feature_std(healthy).item() < 1.2
+
+
+def test_laplace_nll_is_least_where_the_scale_is_the_error():
+    error = torch.tensor([0.2, 1.5])
+    scales = torch.linspace(0.05, 3.0, 296)
+    nll = laplace_nll(error[:, None], scales.log()[None])  # (2 errors, 296 scales)
+    assert torch.allclose(scales[nll.argmin(dim=1)], error, atol=0.01)

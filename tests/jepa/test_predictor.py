@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from jepa.predictor import Predictor, latest_context_at_place
@@ -76,3 +77,14 @@ def test_copy_context_starts_as_nothing_moves_and_learns_the_change():
             assert torch.allclose(out[b, j], expected, atol=1e-6)
     (out - torch.randn_like(out)).abs().mean().backward()
     assert pred.proj.weight.grad.abs().sum() > 0
+
+
+def test_error_scale_head_starts_at_scale_one_and_is_optional():
+    ctx, ctx_ids, tgt_ids = _inputs()
+    torch.manual_seed(0)
+    pred = Predictor(embed_dim=48, pred_embed_dim=32, depth=2, num_heads=4, error_scale=True)
+    out, log_scale = pred(ctx, ctx_ids, tgt_ids, GRID, with_log_scale=True)
+    assert torch.equal(log_scale, torch.zeros(2, 3, 48))
+    assert torch.equal(out, pred(ctx, ctx_ids, tgt_ids, GRID))
+    with pytest.raises(ValueError, match="no error scale head"):
+        _predictor()(ctx, ctx_ids, tgt_ids, GRID, with_log_scale=True)

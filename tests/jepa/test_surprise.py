@@ -1,6 +1,9 @@
 """Surprise scoring on toy inputs: window arithmetic, no peeking at the future, the pixel baseline,
 pairwise scoring and the bootstrap intervals reported with it."""
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +68,22 @@ def test_score_steps_keeps_the_first_predicted_steps(model):
     assert first != pytest.approx(float((pred - target).abs().mean()), rel=1e-3)
     with pytest.raises(ValueError, match="scored_frames"):
         surprise_curve(model, video, context_steps=2, score_steps=3)
+
+
+def test_nll_weighs_errors_by_the_predicted_scale(model):
+    torch.manual_seed(0)
+    scaled = build_jepa(replace(TINY, pred_error_scale=True), num_mask_configs=2).eval()
+    video = torch.randn(3, 12, 32, 32, generator=torch.Generator().manual_seed(5))
+    l1 = surprise_curve(scaled, video, context_steps=2, mask_index=1, score="l1")
+    nll = surprise_curve(scaled, video, context_steps=2, mask_index=1)
+    assert nll.score == "nll" and nll.as_dict()["score"] == "nll"
+    assert np.allclose(nll.values, l1.values, rtol=1e-5)  # untrained head: scale 1 everywhere
+    with torch.no_grad():
+        scaled.predictor.log_scale.bias.fill_(math.log(2.0))  # "my errors are twice as large"
+    halved = surprise_curve(scaled, video, context_steps=2, mask_index=1)
+    assert np.allclose(halved.values, l1.values / 2 + math.log(2.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="error scale"):
+        surprise_curve(model, video, context_steps=2, mask_index=1, score="nll")
 
 
 def test_predictions_never_see_the_frames_they_predict(model):

@@ -88,6 +88,19 @@ def test_train_step_updates_and_reports():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_error_scales_train_beside_the_predictions():
+    torch.manual_seed(0)
+    model = build_jepa(ModelConfig(img_size=32, num_frames=4, patch_size=8, pred_depth=1, pred_error_scale=True), 2)
+    opt = build_optimizer(model, OptimConfig())
+    clips = torch.randn(2, 3, 4, 32, 32)
+    masks = sample_masks(model.token_grid, MASKS, 2, torch.Generator().manual_seed(0))
+    metrics = train_step(model, [(clips, masks)], opt, lr=1e-3, momentum=1.0, device=CPU)
+    assert set(metrics) == {"loss", "lr", "target_std", "effective_rank", "error_nll"}
+    # scale 1 at init: the likelihood term is the L1 itself (plus log 1)
+    assert metrics["error_nll"] == pytest.approx(metrics["loss"], rel=1e-4)
+    assert model.predictor.log_scale.bias.abs().sum() > 0  # the step moved the scales too
+
+
 def test_ddp_wrapped_model(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel

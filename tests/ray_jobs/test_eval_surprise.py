@@ -36,6 +36,7 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
     assert result["settings"]["mask"] == "future" and result["settings"]["pairs"] == PAIRS_PER_TYPE * 6
     assert result["settings"]["window_frames"] == 8 and result["settings"]["context_frames"] == 4
     assert result["settings"]["scored_frames"] == 4  # all predicted frames unless --score-steps
+    assert result["settings"]["score"] == "l1"  # no error scales
     assert list(result["accuracy"]) == list(PAIR_TYPES)
     for pair_type, scorers in result["accuracy"].items():
         assert set(scorers) == {"trained", "random-init", "pixel"}
@@ -62,6 +63,9 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--score-steps", "3", "--no-mlflow"])
     assert exit_info.value.code == 2 and "--score-steps must be in 1..2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--score", "nll", "--no-mlflow"])
+    assert exit_info.value.code == 2 and "model.pred_error_scale" in capsys.readouterr().err
 
     # bf16 autocast (train.precision's choices) runs the same scoring and says so
     main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--precision", "bf16", "--json",
@@ -70,6 +74,18 @@ def test_eval_surprise_json_report_and_mlflow_run(pairs_uri, mlflow_env, tmp_pat
     assert result["settings"]["precision"] == "auto" and bf16["settings"]["precision"] == "bf16"
     assert all(e["value"] == 0.5 for s in bf16["accuracy"]["control"].values() for e in s.values())
     assert bf16["accuracy"]["permanence"]["trained"] == bf16["accuracy"]["permanence"]["random-init"]
+
+
+def test_a_model_with_error_scales_is_scored_by_likelihood(pairs_uri, mlflow_env, capsys):
+    model_uri = register_tiny("jepa-eval-surprise-nll", ["masks=[{kind: future, context_steps: 2}]",
+                                                         "model.pred_error_scale=true"])
+    capsys.readouterr()
+    main(["eval", "surprise", "--model", model_uri, "--pairs", pairs_uri, "--max-pairs", "1", "--json",
+          "--no-mlflow", "--no-progress"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["score"] == "nll"
+    # its untrained scale head says 1 everywhere: the same outcomes as its random init's
+    assert result["accuracy"]["continuity"]["trained"] == result["accuracy"]["continuity"]["random-init"]
 
 
 def test_eval_surprise_errors_are_one_line(pairs_uri, mlflow_env, capsys):
