@@ -8,7 +8,7 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
   that of "nothing moves" (the last context step's target features copied forward); below 1 means
   it predicts motion. Also for the first predicted step alone, where motion is easiest to predict.
 - **pair accuracy** (max and mean surprise) on a few violation pairs per type, scored exactly as
-  `jepa eval surprise` scores them; in brackets, the same with copy-forward as the predictor, in
+  `jepa eval surprise` scores them (by likelihood with ``model.pred_error_scale=true``); in brackets, the same with copy-forward as the predictor, in
   the model's own target features (what those features let a "nothing moves" model tell apart);
   in square brackets, the pixel extrapolator's; then the % of pairs whose two maxima tie (both
   in a window before the onset: the violation was not the video's most surprising moment) and

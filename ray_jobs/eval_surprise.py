@@ -137,7 +137,7 @@ def evaluate_surprise(
     models = {"trained": evaluated.model, "random-init": random_init(cfg).to(device)}
     score = score or default_score(evaluated.model)
 
-    def score(video: np.ndarray) -> dict[str, SurpriseCurve]:
+    def curves_of(video: np.ndarray) -> dict[str, SurpriseCurve]:
         x = clips_to_tensor(video[None], device)[0]  # (3, F, H, W)
         with autocast(device, precision):
             curves = {name: surprise_curve(m, x, context_steps=context_steps, mask_index=mask_index,
@@ -152,7 +152,7 @@ def evaluate_surprise(
         decoded = pool.map(lambda r: _decode_pair(r, cfg.data.fps, cfg.model.img_size), rows)
         for row, (possible, impossible) in tqdm(zip(rows, decoded), total=len(rows), desc="surprise",
                                                 unit="pair", disable=not progress):
-            a, b = score(possible), score(impossible)
+            a, b = curves_of(possible), curves_of(impossible)
             keep = shown.get(row["type"], 0) < examples_per_type
             shown[row["type"]] = shown.get(row["type"], 0) + keep
             results.append(PairScores(
