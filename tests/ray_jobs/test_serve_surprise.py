@@ -98,9 +98,10 @@ def test_surprise_of_an_upload_and_of_the_same_object_by_uri(endpoint, stored_vi
     assert all(math.isfinite(v) and v > 0 for v in body["surprise"])
     assert body["max"] >= body["mean"] > 0 and body["max"] == pytest.approx(max(body["surprise"]), abs=1e-5)
     assert body["predicted_from_frame"] == [s + 2 for s in range(0, FRAMES - WINDOW + 1, STRIDE)]
-    assert {k: body[k] for k in ("window_frames", "context_frames", "stride_frames", "fps", "frames", "mask")} == {
+    assert {k: body[k] for k in ("window_frames", "context_frames", "stride_frames", "fps", "frames", "mask",
+                                 "score")} == {
         "window_frames": WINDOW, "context_frames": 2, "stride_frames": STRIDE, "fps": 8.0, "frames": FRAMES,
-        "mask": "future"}
+        "mask": "future", "score": "l1"}
     assert body["truncated"] is False and body["model"] == "jepa-surprise/1" and body["latency_ms"] > 0
 
     same = _ok(_by_uri(endpoint, {"uri": stored_video}))
