@@ -49,11 +49,12 @@ from jepa.config import MaskConfig, load_config  # noqa: E402
 from jepa.masks import FutureMaskGenerator, sample_masks  # noqa: E402
 from jepa.model import JEPA, build_jepa  # noqa: E402
 from jepa.objective import normalize_targets  # noqa: E402
-from jepa.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from jepa.optim import build_optimizer, lr_at  # noqa: E402
+from jepa.predictor_stage import FeatureCache, build_cache, predictor_step  # noqa: E402
 from jepa.probe import evaluate as evaluate_probe  # noqa: E402
 from jepa.probe import pixel_features, train_probes  # noqa: E402
 from jepa.surprise import Windows, future_mask_index, pair_correct, pixel_surprise_curve, surprise_curve  # noqa: E402
-from jepa.train_step import autocast, train_step  # noqa: E402
+from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
 from pipelines.physics_pairs import indexed_pair  # noqa: E402
@@ -130,34 +131,12 @@ def random_clips(videos: torch.Tensor, n: int, frames: int, g: torch.Generator) 
 
 
 @torch.no_grad()
-def cache_features(model: JEPA, videos: torch.Tensor, frames: int, context_steps: int) -> tuple[torch.Tensor, ...]:
-    """Context-encoder tokens of the first ``context_steps`` and target-encoder tokens of the rest,
-    for every tubelet-aligned clip of ``videos``: what the predictor sees and regresses under a
-    frozen encoder and the future mask."""
-    grid, tubelet = model.token_grid, model.encoder.tubelet_size
-    m = FutureMaskGenerator(grid, MaskConfig(kind="future", context_steps=context_steps))(1)
-    starts = range(0, videos.shape[1] - frames + 1, tubelet)
-    context, target = [], []
-    for i in range(0, len(videos), 16):
-        clips = clips_to_tensor(torch.stack([v[s : s + frames] for v in videos[i : i + 16] for s in starts]))
-        context.append(model.encoder(clips, keep=m.context.expand(len(clips), -1)))
-        target.append(gather_tokens(model.target_encoder(clips), m.target.expand(len(clips), -1)))
-    return torch.cat(context), torch.cat(target), m.context, m.target
-
-
-def cached_step(model: JEPA, cache: tuple[torch.Tensor, ...], batch_size: int, optimizer, lr: float, precision: str,
-                g: torch.Generator, mask_index: int) -> float:
-    """One predictor-only step on ``cache_features``' output."""
-    context, target, context_ids, target_ids = cache
-    idx = torch.randint(len(context), (batch_size,), generator=g)
-    set_lr(optimizer, lr)
-    with autocast(torch.device("cpu"), precision):
-        out, nll = model.prediction_losses(context[idx], context_ids.expand(batch_size, -1),
-                                           target_ids.expand(batch_size, -1), target[idx], model.token_grid, mask_index)
-    optimizer.zero_grad(set_to_none=True)
-    (out if nll is None else out + nll).backward()
-    optimizer.step()
-    return out.item()
+def cache_features(model: JEPA, videos: torch.Tensor, frames: int, masks: list[MaskConfig]) -> FeatureCache:
+    """`jepa.predictor_stage.build_cache` of every tubelet-aligned clip of ``videos``."""
+    starts = range(0, videos.shape[1] - frames + 1, model.encoder.tubelet_size)
+    batches = (clips_to_tensor(torch.stack([v[s : s + frames] for v in videos[i : i + 16] for s in starts]))
+               for i in range(0, len(videos), 16))
+    return build_cache(model, batches, masks)
 
 
 @torch.no_grad()
@@ -295,15 +274,16 @@ def main(argv: list[str] | None = None) -> None:
     cache = None
     if args.cached_features:
         t0 = time.time()
-        cache = cache_features(model, train, cfg.model.num_frames, context_steps)
-        print(f"cached the features of {len(cache[0])} clips in {time.time() - t0:.0f} s", flush=True)
+        cache = cache_features(model, train, cfg.model.num_frames, cfg.masks)
+        print(f"cached the features of {len(cache)} clips in {time.time() - t0:.0f} s", flush=True)
 
     t0 = time.time()
     evaluate(0)
     for step in range(args.steps):
         lr = lr_at(step, cfg.optim, args.steps)
         if cache is not None:
-            loss = cached_step(model, cache, args.batch_size, optimizer, lr, cfg.train.precision, g, mask_index)
+            rows = torch.randint(len(cache), (args.batch_size,), generator=g)
+            loss = predictor_step(model, cache, rows, optimizer, lr, cfg.train.precision)["loss"]
             rank = ""
         else:
             clips = random_clips(train, args.batch_size, cfg.model.num_frames, g)

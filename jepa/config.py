@@ -265,6 +265,28 @@ class TrackingConfig:
 
 
 @dataclass
+class PredictorStageConfig:
+    """The end of pretraining spent on the predictor alone: the encoders are frozen, each worker
+    encodes `cache_clips` clips once, and the predictor (with its error scales) trains on those
+    features at several times the joint step's speed. Its forecasts get sharper without moving
+    the features (bench/NOTES.md, "Intuitive physics")."""
+
+    steps: int = 0
+    """The last `steps` of `train.steps` are the stage's (0 = no stage). Needs a future mask in
+    `masks`: the stage trains the predictor to forecast, from the context steps of that mask."""
+    batch_size: int = 16
+    """Cached clips per worker per step."""
+    cache_clips: int = 2048
+    """Clips each worker takes from its data stream and encodes when the stage starts (a run
+    resumed within the stage encodes a fresh cache from where its data stands)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.cache_clips < self.batch_size:
+            raise ConfigError(f"predictor_stage: need steps >= 0, batch_size >= 1 and cache_clips >= batch_size, "
+                              f"got steps={self.steps}, batch_size={self.batch_size}, cache_clips={self.cache_clips}")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masks: list[MaskConfig] = field(default_factory=_default_masks)
@@ -272,11 +294,24 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predictor_stage: PredictorStageConfig = field(default_factory=PredictorStageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if self.data.modality == "image" and self.model.num_frames != 1:
             raise ConfigError(f"model.num_frames: must be 1 with data.modality=image, got {self.model.num_frames}")
+        stage = self.predictor_stage
+        if stage.steps and stage.steps >= self.train.steps:
+            raise ConfigError(f"predictor_stage.steps: {stage.steps} must be fewer than train.steps ({self.train.steps}), "
+                              f"which count the stage's steps too")
+        if stage.steps and (self.data.modality == "image" or not any(m.kind == "future" for m in self.masks)):
+            raise ConfigError("predictor_stage.steps: the stage trains forecasting and needs a future mask in masks "
+                              "(video data)")
+
+    @property
+    def joint_steps(self) -> int:
+        """Steps that train encoder and predictor together: train.steps less the predictor stage's."""
+        return self.train.steps - self.predictor_stage.steps
 
     @property
     def num_mask_configs(self) -> int:

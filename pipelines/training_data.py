@@ -39,12 +39,20 @@ def _split_for_training(uris: list[str], kind: str, cfg: RunConfig) -> tuple[lis
     return train_uris, held_out
 
 
+def clips_to_train(cfg: RunConfig) -> int:
+    """Clips all workers take from the dataset: the joint steps' batches, then each worker's
+    predictor-stage cache, twice (room for a resume within the stage, which encodes a fresh one)."""
+    t = cfg.train
+    joint = cfg.joint_steps * t.batch_size * t.num_workers * t.accumulation_steps
+    return joint + (2 * t.num_workers * cfg.predictor_stage.cache_clips if cfg.predictor_stage.steps else 0)
+
+
 def training_dataset(cfg: RunConfig, start: int = 0) -> tuple[ray.data.Dataset, list[str]]:
     """Clips + masks for training: from an ingested dataset's shards (`data.dataset`), or straight
     from the raw videos (or images) under `data.source`, from input row `start` on (a resumed
     run's position: the rows before it are never decoded). Returns (dataset, held-out URIs)."""
     d, m = cfg.data, cfg.model
-    clips_needed = cfg.train.steps * cfg.train.batch_size * cfg.train.num_workers * cfg.train.accumulation_steps
+    clips_needed = clips_to_train(cfg)
     common = dict(num_frames=m.num_frames, size=m.img_size, fps=d.fps, seed=cfg.train.seed,
                   decode_cpus=d.decode_cpus, decode_tasks=d.decode_tasks,
                   mask_grid=token_grid(m), mask_cfgs=cfg.masks)

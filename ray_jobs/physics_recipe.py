@@ -87,7 +87,8 @@ def run_physics(config: str = "configs/physics.yaml", overrides: list[str] = (),
     else:
         synthesize_pairs(sizes.pairs_per_type, pairs_uri, seed=cfg.train.seed + 1, cfg=WORLD)
 
-    stage(f"pretrain {cfg.model.arch} for {cfg.train.steps} steps ({cfg.train.num_workers} Ray Train workers)")
+    stage(f"pretrain {cfg.model.arch} for {cfg.joint_steps} steps, then its predictor alone for "
+          f"{cfg.predictor_stage.steps} ({cfg.train.num_workers} Ray Train workers)")
     result = pretrain(cfg)
     evaluated = load_evaluated_model(result.model_uri)
 

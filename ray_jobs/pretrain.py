@@ -16,12 +16,13 @@ import ray.train
 import ray.train.torch
 import torch
 
-from jepa.checkpoint import load_checkpoint, save_checkpoint, save_model
+from jepa.checkpoint import TrainState, load_checkpoint, save_checkpoint, save_model
 from jepa.config import RunConfig, from_dict
 from jepa.masks import MaskBatch, masks_from_flags
-from jepa.model import build_jepa, compile_blocks
+from jepa.model import JEPA, build_jepa, compile_blocks
 from jepa.objective import collapse_warning
 from jepa.optim import build_optimizer, lr_at
+from jepa.predictor_stage import FeatureCache, build_cache, freeze_encoders, predictor_step
 from jepa.train_step import train_step
 from jepa.transforms import clips_to_tensor
 from pipelines.training_data import training_dataset
@@ -47,17 +48,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = session.resume(lambda folder: load_checkpoint(folder, plain, optimizer))
     clips = session.batches(state)
 
+    stage_start, cache = cfg.joint_steps, None
     t_last, steps_since = time.perf_counter(), 0
     for step in range(state.step, t.steps):
-        micro_batches = [_micro_batch(clips, session, step) for _ in range(accum)]
-        lr = lr_at(step, cfg.optim, t.steps)
-        metrics = train_step(model, micro_batches, optimizer, lr, cfg.optim.ema_momentum, session.device,
-                             t.precision)
-        state.step, state.clips_seen = step + 1, state.clips_seen + accum * t.batch_size
+        if step < stage_start:
+            micro_batches = [_micro_batch(clips, session, step) for _ in range(accum)]
+            metrics = train_step(model, micro_batches, optimizer, lr_at(step, cfg.optim, stage_start),
+                                 cfg.optim.ema_momentum, session.device, t.precision)
+            state.clips_seen += accum * t.batch_size
+            clips_per_step = accum * t.batch_size
+        else:
+            if cache is None:
+                cache, rows = _start_predictor_stage(plain, optimizer, clips, session, state, cfg, step)
+                t_last, steps_since = time.perf_counter(), 0
+            batch = torch.randint(len(cache), (cfg.predictor_stage.batch_size,), generator=rows, device=rows.device)
+            metrics = predictor_step(plain, cache, batch, optimizer,
+                                     lr_at(step - stage_start, cfg.optim, cfg.predictor_stage.steps), t.precision)
+            clips_per_step = cfg.predictor_stage.batch_size
+        state.step = step + 1
         steps_since += 1
         if session.logger and session.logger.due(step):
             now = time.perf_counter()
-            metrics["clips_per_s"] = steps_since * accum * t.batch_size * session.world / (now - t_last)
+            metrics["clips_per_s"] = steps_since * clips_per_step * session.world / (now - t_last)
             t_last, steps_since = now, 0
             _log_step(session, metrics, step, plain.encoder.embed_dim)
         if session.checkpoint_due(state):
@@ -78,8 +90,32 @@ def _micro_batch(clips: BatchStream, session: WorkerSession, step: int) -> tuple
     return clips_to_tensor(batch["clip"], session.device), masks
 
 
+def _start_predictor_stage(plain: JEPA, optimizer: torch.optim.Optimizer, clips: BatchStream, session: WorkerSession,
+                           state: TrainState, cfg: RunConfig, step: int) -> tuple[FeatureCache, torch.Generator]:
+    """Freeze the encoders and encode this rank's cache from its data stream. Entering the stage
+    (not resuming within it), the predictor starts with fresh optimizer moments."""
+    freeze_encoders(plain)
+    if step == cfg.joint_steps:
+        optimizer.state.clear()
+    batches = -(-cfg.predictor_stage.cache_clips // cfg.train.batch_size)
+    session.print(f"rank {session.rank}: predictor stage from step {step + 1}: encoding "
+                  f"{batches * cfg.train.batch_size} clips with the frozen encoders")
+    start = time.perf_counter()
+    cache = build_cache(plain, (_micro_batch(clips, session, step)[0] for _ in range(batches)), cfg.masks,
+                        cfg.train.precision)
+    state.clips_seen += batches * cfg.train.batch_size
+    session.print(f"rank {session.rank}: {len(cache)} clips encoded in {time.perf_counter() - start:.0f} s")
+    rows = torch.Generator(device=session.device).manual_seed(hash((cfg.train.seed, session.rank, step)) & (2**63 - 1))
+    return cache, rows
+
+
 def _log_step(session: WorkerSession, metrics: dict[str, float], step: int, embed_dim: int) -> None:
     session.logger.log(metrics, step)
+    if "target_std" not in metrics:  # a predictor-stage step: the targets are frozen
+        nll = f" error_nll {metrics['error_nll']:.4f}" if "error_nll" in metrics else ""
+        session.print(f"step {step + 1}/{session.train.steps} (predictor) loss {metrics['loss']:.4f}{nll} "
+                      f"lr {metrics['lr']:.2e} clips/s {metrics['clips_per_s']:.1f}")
+        return
     session.print(f"step {step + 1}/{session.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
                   f"target_std {metrics['target_std']:.3f} eff_rank {metrics['effective_rank']:.1f}/{embed_dim} "
                   f"clips/s {metrics['clips_per_s']:.1f}")

@@ -64,3 +64,15 @@ def test_choice_fields_are_checked_at_load_with_the_key_named(tmp_path):
 def test_keep_checkpoints_is_checked_at_load():
     with pytest.raises(ConfigError, match="train.keep_checkpoints: must be at least 1"):
         load_config(None, ["train.keep_checkpoints=0"])
+
+
+def test_predictor_stage_is_checked_at_load():
+    future = ["masks=[{num_blocks: 8}, {kind: future, context_steps: 5}]", "train.steps=10"]
+    cfg = load_config(None, future + ["predictor_stage.steps=4"])
+    assert cfg.joint_steps == 6 and RunConfig().joint_steps == RunConfig().train.steps
+    with pytest.raises(ConfigError, match=r"predictor_stage.steps: 10 must be fewer than train.steps \(10\)"):
+        load_config(None, future + ["predictor_stage.steps=10"])
+    with pytest.raises(ConfigError, match="needs a future mask"):
+        load_config(None, ["train.steps=10", "predictor_stage.steps=4"])
+    with pytest.raises(ConfigError, match="cache_clips >= batch_size"):
+        load_config(None, future + ["predictor_stage.steps=4", "predictor_stage.cache_clips=8"])
