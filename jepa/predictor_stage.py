@@ -19,14 +19,15 @@ from jepa.config import MaskConfig
 from jepa.masks import FutureMaskGenerator
 from jepa.model import JEPA
 from jepa.optim import set_lr
+from jepa.surprise import future_mask_index
 from jepa.train_step import autocast
 from jepa.vit import gather_tokens
 
 
 @dataclass
 class FeatureCache:
-    """Encoded clips, stored in float16 (half the memory; the features are layer-normed, well
-    inside its range)."""
+    """Encoded clips, stored in float16: half the memory, and the encoders' outputs (after their
+    final layer norm) sit well inside its range."""
 
     context: Tensor
     """(M, Nc, D): context-encoder tokens of the first context steps."""
@@ -45,7 +46,7 @@ class FeatureCache:
 
 def forecast_mask(model: JEPA, mask_cfgs: Sequence[MaskConfig]) -> tuple[int, Tensor, Tensor]:
     """(mask index, context ids, target ids) of the first future mask config."""
-    index = next((i for i, c in enumerate(mask_cfgs) if c.kind == "future"), None)
+    index = future_mask_index(mask_cfgs)
     if index is None:
         raise ValueError("the predictor stage needs a future mask config (kind: future) in masks")
     mask = FutureMaskGenerator(model.token_grid, mask_cfgs[index])(1)

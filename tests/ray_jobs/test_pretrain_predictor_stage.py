@@ -1,5 +1,6 @@
 """`predictor_stage` in a real `jepa pretrain` (Ray Train, 2 DDP workers, SeaweedFS, MLflow): the
-last steps train the predictor alone, the encoders stay as the joint steps left them."""
+last steps train the predictor alone, the encoders stay as the joint steps left them, and a run
+relaunched within the stage encodes a fresh cache and goes on."""
 
 import io
 import re
@@ -32,7 +33,7 @@ def test_the_stage_trains_the_predictor_on_frozen_encoders(stack_client_env, cap
     source = f"s3://{bucket}/raw/predictor-stage"
     synthesize(6, source, seed=3, cfg=PhysicsConfig(size=64, seconds=1.5, fps=8), progress=False)
     run_name = f"stage-{uuid.uuid4().hex[:8]}"
-    cfg = load_config("configs/tiny.yaml", [
+    overrides = [
         "model.img_size=32", "model.num_frames=8", "model.patch_size=8", "model.pred_depth=1",
         "model.pred_embed_dim=64", "model.pred_num_heads=2", "model.pred_error_scale=true",
         "masks=[{num_blocks: 8}, {kind: future, context_steps: 2}]",
@@ -40,8 +41,8 @@ def test_the_stage_trains_the_predictor_on_frozen_encoders(stack_client_env, cap
         "predictor_stage.steps=3", "predictor_stage.batch_size=2", "predictor_stage.cache_clips=3",
         "data.held_out_fraction=0", f"data.source={source}", f"train.run_name={run_name}",
         "tracking.experiment=predictor-stage", "tracking.registered_model=jepa-stage",
-    ])
-    result = pretrain(cfg)
+    ]
+    result = pretrain(load_config("configs/tiny.yaml", overrides))
 
     out = capsys.readouterr().out
     assert re.search(r"rank \d: predictor stage from step 4: encoding 4 clips with the frozen encoders", out), out[-3000:]
@@ -58,3 +59,14 @@ def test_the_stage_trains_the_predictor_on_frozen_encoders(stack_client_env, cap
             assert torch.equal(value, joint_end[network][name]), f"{network}.{name} moved in the stage"
     moved = [k for k, v in final["predictor"].items() if not torch.equal(v, joint_end["predictor"][k])]
     assert any(k.startswith("log_scale") for k in moved) and any(k.startswith("blocks") for k in moved), moved
+
+    # Relaunched by name with 2 more stage steps: resumes at step 6, inside the stage.
+    again = pretrain(load_config("configs/tiny.yaml", overrides + ["train.steps=8", "predictor_stage.steps=5"]))
+    out = capsys.readouterr().out
+    assert again.run_id == result.run_id
+    assert re.search(r"rank \d: predictor stage from step 7: encoding 4 clips", out), out[-3000:]
+    assert sorted(m.step for m in history(again.run_id, "loss")) == list(range(8))
+    longer = torch.load(tracking.download_checkpoint(again.model_uri) / WEIGHTS_FILE)
+    for network in ("encoder", "target_encoder"):
+        assert all(torch.equal(v, joint_end[network][k]) for k, v in longer[network].items())
+    assert any(not torch.equal(v, final["predictor"][k]) for k, v in longer["predictor"].items())
