@@ -79,7 +79,10 @@ def ray_train_steps(args: dict) -> tuple[list[float], float]:
             f.write(f"{device} process group {backend}")
 
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, num_gpus=1 if args["gpu"] else 0, include_dashboard=False)
+    from ray_jobs.cluster import job_runtime_env
+
+    ray.init(address="local", num_cpus=2, num_gpus=1 if args["gpu"] else 0, dashboard_host="127.0.0.1",
+             runtime_env=job_runtime_env({}))
     try:
         TorchTrainer(loop, train_loop_config=args,
                      scaling_config=ScalingConfig(num_workers=1, use_gpu=args["gpu"], resources_per_worker={"CPU": 1}),

@@ -33,6 +33,19 @@ def _job_env_keys() -> set[str]:
     return set(json.loads(raw).get("runtime_env", {}).get("env_vars", {})) if raw else set()
 
 
+def state_api_on_own_cluster() -> None:
+    """Worker setup hook: Ray's state API (which Ray Train's placement-group cleaner polls) finds
+    its cluster from RAY_ADDRESS, else from the newest Ray started on the machine, which need not
+    be this one: with two clusters on a host the cleaner asked the wrong one, timed out, held each
+    run's shutdown ~12 s and left the next run's controller racing the old one's kill."""
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def job_runtime_env(env_vars: dict[str, str]) -> dict:
+    """The runtime env of a driver's job: `env_vars` for every worker, and the state API pinned."""
+    return {"env_vars": env_vars, "worker_process_setup_hook": state_api_on_own_cluster}
+
+
 class ClusterError(RuntimeError):
     """No Ray cluster where one is needed, or RAY_ADDRESS names one that does not answer."""
 
@@ -54,7 +67,7 @@ def connect(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     job_keys = _job_env_keys()
-    runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_keys}}
+    runtime_env = job_runtime_env({k: v for k, v in forwarded_env().items() if k not in job_keys})
     if os.environ.get("RAY_ADDRESS"):
         try:
             ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)

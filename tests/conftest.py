@@ -169,11 +169,14 @@ def ray_local(stack_config) -> Iterator[None]:
     raylet, not of later tests, so the stack's client variables go in as the job's env_vars."""
     import ray
 
+    from ray_jobs.cluster import job_runtime_env
+
     if ray.is_initialized():  # someone connected already: use it, leave it
         yield
         return
     worker_env = {k: v for k, v in Stack(stack_config).env().items() if k != "RAY_ADDRESS"}
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": worker_env})
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    ray.init(address="local", num_cpus=4, dashboard_host="127.0.0.1", runtime_env=job_runtime_env(worker_env))
     try:
         yield
     finally:
