@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa.rope import apply_rope, rope_tables_at
+from jepa.rope import rope_tables_at, rotate, rotation
 from jepa.vit import LN_EPS, Attention, Block, init_weights
 
 KV = tuple[Tensor, Tensor]
@@ -46,7 +46,7 @@ class CausalAttention(Attention):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, past: KV | None) -> tuple[Tensor, KV]:
         B, L, D = x.shape
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if past is not None:  # a batch-1 cache serves every sample
             k, v = torch.cat((past[0].expand(B, -1, -1, -1), k), 2), torch.cat((past[1].expand(B, -1, -1, -1), v), 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -139,7 +139,8 @@ class ACPredictor(nn.Module):
         hw = torch.stack((torch.cat((rows.new_full((extra,), -1), rows)), torch.cat((cols.new_full((extra,), -1), cols))), -1)
         t = torch.arange(first_step, first_step + steps, device=device).repeat_interleave(len(hw))
         pos = torch.cat((t[:, None], hw.repeat(steps, 1)), -1).float()
-        return rope_tables_at(pos, self.blocks[0].attn.qkv.in_features // self.num_heads)
+        head_dim = self.blocks[0].attn.qkv.in_features // self.num_heads
+        return rotation(*rope_tables_at(pos, head_dim), head_dim)
 
     def _read(self, x: Tensor, z: Tensor) -> Prediction:
         x = self.norm(x).unflatten(1, (z.shape[1], self.tokens_per_step))

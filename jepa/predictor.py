@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa.rope import rope_tables
+from jepa.rope import rope_tables, rotation
 from jepa.vit import LN_EPS, Block, gather_tokens, init_weights, run_blocks
 
 
@@ -71,7 +71,8 @@ class Predictor(nn.Module):
         queries = self.mask_tokens[mask_index].expand(B, target_ids.shape[1], -1)  # (B, Nt, D)
         x = torch.cat((x, queries), dim=1)  # (B, Nc + Nt, D)
         ids = torch.cat((context_ids, target_ids), dim=1)  # (B, Nc + Nt)
-        cos, sin = rope_tables(ids, grid, x.shape[-1] // self.num_heads)
+        head_dim = x.shape[-1] // self.num_heads
+        cos, sin = rotation(*rope_tables(ids, grid, head_dim), head_dim)
         x = run_blocks(self.blocks, x, cos, sin, self.activation_checkpointing)
         hidden = self.norm(x[:, n_ctx:])  # (B, Nt, D)
         out = self.proj(hidden)  # (B, Nt, E)

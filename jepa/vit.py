@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from jepa.config import ModelConfig
-from jepa.rope import apply_rope, rope_tables
+from jepa.rope import rope_tables, rotate, rotation
 
 LN_EPS = 1e-6
 INIT_STD = 0.02
@@ -79,8 +79,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # (B, h, N, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, hd)
+        x = F.scaled_dot_product_attention(rotate(q, cos, sin), rotate(k, cos, sin), v)  # (B, h, N, hd)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -175,7 +174,8 @@ class VisionTransformer(nn.Module):
         else:
             ids = keep  # (B, K)
             x = gather_tokens(x, keep)  # (B, K, D)
-        cos, sin = rope_tables(ids, grid, self.embed_dim // self.num_heads)
+        head_dim = self.embed_dim // self.num_heads
+        cos, sin = rotation(*rope_tables(ids, grid, head_dim), head_dim)
         x = run_blocks(self.blocks, x, cos, sin, self.activation_checkpointing)
         return self.norm(x)
 

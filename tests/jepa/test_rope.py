@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from jepa.rope import apply_rope, axis_dim, grid_positions, rope_frequencies, rope_tables
+from jepa.rope import apply_rope, axis_dim, grid_positions, rope_frequencies, rope_tables, rotate, rotation
 
 
 def test_axis_split_of_reference_heads():
@@ -82,3 +83,24 @@ def test_wider_heads_keep_the_reference_frequency_layout():
     assert torch.allclose(w_chunk, torch.cos(3 * torch.cat((omega, omega))))
     one_apart = _scores(64, torch.tensor([1]), torch.tensor([2]))
     assert not math.isclose(one_apart, _scores(64, torch.tensor([5]), torch.tensor([6])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 32, 12])
+def test_folded_tables_rotate_bit_for_bit_as_the_plain_formula(head_dim, dtype):
+    """`rotation` widens the tables and folds each pair's sign into sin; that must change no bit
+    of the result (the blocks use it, checkpoints and goldens were made with the plain form)."""
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    cos, sin = rope_tables(ids, (8, 4, 4), head_dim)
+    x = torch.randn(2, 3, 40, head_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    r = cos.shape[-1]
+    xr = x[..., :r]
+    swapped = torch.stack((-xr[..., 1::2], xr[..., 0::2]), dim=-1).flatten(-2)
+    plain = torch.cat((xr * cos.to(dtype) + swapped * sin.to(dtype), x[..., r:]), dim=-1)
+    assert torch.equal(rotate(x, *rotation(cos, sin, head_dim)), plain)
+
+
+def test_odd_head_dims_are_refused():
+    cos, sin = rope_tables(torch.tensor([1]), (1, 1, 2), 7)
+    with pytest.raises(ValueError, match="even head dim"):
+        rotation(cos, sin, 7)
