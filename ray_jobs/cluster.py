@@ -36,8 +36,8 @@ def _job_env_keys() -> set[str]:
 def state_api_on_own_cluster() -> None:
     """Worker setup hook: Ray's state API (which Ray Train's placement-group cleaner polls) finds
     its cluster from RAY_ADDRESS, else from the newest Ray started on the machine, which need not
-    be this one: with two clusters on a host the cleaner asked the wrong one, timed out, held each
-    run's shutdown ~12 s and left the next run's controller racing the old one's kill."""
+    be this one: with two clusters on a host the cleaner asked the wrong one, timed out, and held
+    each run's shutdown for its stop timeout."""
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 

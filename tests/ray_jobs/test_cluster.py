@@ -29,13 +29,14 @@ def test_workers_state_api_asks_their_own_cluster(ray_local):
 
     @ray.remote(num_cpus=0)
     class Probe:
-        def ask(self, actor_id: str) -> tuple[str | None, str]:
+        def ask(self) -> tuple[str | None, str]:
             from ray.util.state import get_actor
 
-            return os.environ.get("RAY_ADDRESS"), get_actor(actor_id, timeout=20).state
+            me = ray.get_runtime_context().get_actor_id()
+            return os.environ.get("RAY_ADDRESS"), get_actor(me, timeout=20).state
 
     probe = Probe.remote()
-    address, state = ray.get(probe.ask.remote(probe._actor_id.hex()), timeout=120)
+    address, state = ray.get(probe.ask.remote(), timeout=120)
     assert address == ray.get_runtime_context().gcs_address
     assert state == "ALIVE"
     ray.kill(probe)
