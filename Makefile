@@ -61,7 +61,7 @@ lock: ## regenerate requirements.lock (runtime) and requirements-dev.lock (+ [de
 demo: setup ## the whole flow: stack up, synthesise, pretrain (Ray Train), register, serve, embed over HTTP
 	$(JEPA) demo
 
-physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (58 min on 2 CPU cores with native bf16: BENCHMARKS.md)
+physics: setup ## intuitive-physics recipe: synthesise, pretrain, then surprise on violation pairs and attentive probes (58-60 min on 2 CPU cores with native bf16: BENCHMARKS.md)
 	$(JEPA) demo --recipe physics
 
 reacher: setup ## world model that plans: record MuJoCo reacher episodes, pretrain the encoder, train the AC predictor and state reader, eval plan (98% of goals, 133 min on 2 CPU cores: BENCHMARKS.md)
