@@ -86,7 +86,7 @@ def test_wider_heads_keep_the_reference_frequency_layout():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [64, 32, 12])
+@pytest.mark.parametrize("head_dim", [64, 32, 12, 11])
 def test_folded_tables_rotate_bit_for_bit_as_the_plain_formula(head_dim, dtype):
     """`rotation` widens the tables and folds each pair's sign into sin; that must change no bit
     of the result (the blocks use it, checkpoints and goldens were made with the plain form)."""
@@ -99,8 +99,3 @@ def test_folded_tables_rotate_bit_for_bit_as_the_plain_formula(head_dim, dtype):
     plain = torch.cat((xr * cos.to(dtype) + swapped * sin.to(dtype), x[..., r:]), dim=-1)
     assert torch.equal(rotate(x, *rotation(cos, sin, head_dim)), plain)
 
-
-def test_odd_head_dims_are_refused():
-    cos, sin = rope_tables(torch.tensor([1]), (1, 1, 2), 7)
-    with pytest.raises(ValueError, match="even head dim"):
-        rotation(cos, sin, 7)
