@@ -6,11 +6,12 @@
 - `s3_env` (session): sets JEPA_S3_ENDPOINT and AWS_* (from first use to the end of the session);
   yields `.endpoint`, `.bucket`, `.access_key`, `.secret_key`, `.region` and `.client()` (boto3).
 - `mlflow_env` (session): sets MLFLOW_TRACKING_URI likewise; yields `.tracking_uri`.
-- `ray_local` (session): an in-process local Ray cluster (`ray.init(num_cpus=4)`) whose workers
-  already carry the stack's S3 and MLflow variables (the stack itself is not started by it).
+- `ray_local` (module): an in-process local Ray cluster (`ray.init(num_cpus=4)`) whose workers
+  already carry the stack's S3 and MLflow variables (the stack itself is not started by it). Ray
+  is shut down at the end of every module, by whatever means it was started.
 
-Under pytest-xdist (`make test`: 2 workers) each worker has its own session stack and Ray, on
-its own share of the port range.
+Under pytest-xdist (`make test`: 2 workers) each worker has its own session stack and Ray
+clusters, on its own share of the port range.
 
 Settings from the developer's shell (e.g. after `eval "$(jepa stack env)"`) are removed for the
 session so tests never reach a stack they did not start; RAY_AUTH_MODE=disabled is set.
@@ -163,15 +164,28 @@ def mlflow_env(local_stack) -> Iterator[MlflowEnv]:
         yield env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _ray_per_module() -> Iterator[None]:
+    """Every test module ends with Ray shut down, however it was started (`ray_local`, or a CLI
+    test's `connect()`), so no module runs on a cluster that another module's teardown went
+    through. Seen in our CI: after a module shut Serve down and dropped its Ray Train controller,
+    the driver's GCS long poll never returned, and the next module's first Ray Train run waited
+    forever for its controller to come alive (a Ray core fault we could not pin down)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def ray_local(stack_config) -> Iterator[None]:
-    """A fresh local Ray cluster for the session. Worker processes inherit the environment of the
-    raylet, not of later tests, so the stack's client variables go in as the job's env_vars."""
+    """A fresh local Ray cluster for the test module. Worker processes inherit the environment of
+    the raylet, not of later tests, so the stack's client variables go in as the job's env_vars."""
     import ray
 
     from ray_jobs.cluster import job_runtime_env
 
-    if ray.is_initialized():  # someone connected already: use it, leave it
+    if ray.is_initialized():  # a test of this module connected already: use it
         yield
         return
     worker_env = {k: v for k, v in Stack(stack_config).env().items() if k != "RAY_ADDRESS"}
@@ -183,10 +197,10 @@ def ray_local(stack_config) -> Iterator[None]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack_client_env(local_stack, ray_local) -> Iterator[StackConfig]:
     """What a user gets from `eval "$(jepa stack env)"`: every client variable of the stack (S3,
-    MLflow, ...) set for the rest of the session, except RAY_ADDRESS (tests use `ray_local`)."""
+    MLflow, ...) set for the test module, except RAY_ADDRESS (tests use `ray_local`)."""
     import mlflow
 
     with pytest.MonkeyPatch.context() as patch:

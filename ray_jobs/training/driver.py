@@ -10,6 +10,8 @@ Relaunching with the same `train.run_name` does the same and logs to the same ML
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +80,7 @@ def run_job(job: TrainingJob) -> TrainedModel:
         attempt += 1
         _announce(say, run_id, position, attempt)
         try:
-            _trainer(job, run_id, folder, dataset, DataStart.from_position(position)).fit()
+            _fit(_trainer(job, run_id, folder, dataset, DataStart.from_position(position)))
             break
         except ray.train.TrainingFailedError as err:
             preempted = _preempted(err)
@@ -95,6 +97,20 @@ def run_job(job: TrainingJob) -> TrainedModel:
         raise RuntimeError(f"training finished but run {run_id} registered no model")
     version = max(int(v.version) for v in versions)
     return TrainedModel(run_id, version, f"models:/{job.tracking.registered_model}/{version}")
+
+
+def _fit(trainer: TorchTrainer) -> None:
+    """`trainer.fit()`, then SIGINT's handler as it was before. Train V2 binds a Ctrl-C handler to
+    its controller and leaves it installed after the run: a Ctrl-C later (while the model
+    registers, say) would ask the finished controller to abort and exit the driver with status 0,
+    and the handler keeps the dead controller's actor handle until the next fit replaces it."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main_thread else None
+    try:
+        trainer.fit()
+    finally:
+        if previous is not None:  # None: a handler not set from Python, nothing to put back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _dataset(job: TrainingJob, position: dict[str, Any] | None):

@@ -3,6 +3,7 @@ its own config and worker loop (a linear regression), runs on the real stack: Ra
 checkpoints with the data position in SeaweedFS, rank-0 metrics in MLflow, registration, and a
 relaunch under the same run name that resumes where the first one stopped."""
 
+import signal
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ def loss_steps(run_id: str) -> list[int]:
 def test_a_second_job_needs_only_its_config_and_worker_loop(stack_client_env):
     bucket, name = stack_client_env.bucket, f"linear-{uuid.uuid4().hex[:8]}"
     rows, starts = linear_rows(400), []
+    ctrl_c = signal.getsignal(signal.SIGINT)
     train = dict(batch_size=4, num_workers=2, log_every=1, checkpoint_every=2, keep_checkpoints=2, run_name=name)
     tracking = TrackingConfig(experiment="second-job", registered_model=name, alias="candidate")
 
@@ -115,6 +117,7 @@ def test_a_second_job_needs_only_its_config_and_worker_loop(stack_client_env):
     assert loss_steps(first.run_id) == list(range(6))
     params = MlflowClient().get_run(first.run_id).data.params
     assert params["ddp.fingerprint.rank0"] == params["ddp.fingerprint.rank1"]  # DDP kept the ranks equal
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # Ray Train's handler, bound to a finished run, is gone
 
     second = run_job(job(LinearConfig(train=TrainConfig(steps=10, **train), tracking=tracking),
                          f"s3://{bucket}/linear", rows, starts))
