@@ -102,8 +102,9 @@ def run_job(job: TrainingJob) -> TrainedModel:
 def _fit(trainer: TorchTrainer) -> None:
     """`trainer.fit()`, then SIGINT's handler as it was before. Train V2 binds a Ctrl-C handler to
     its controller and leaves it installed after the run: a Ctrl-C later (while the model
-    registers, say) would ask the finished controller to abort and exit the driver with status 0,
-    and the handler keeps the dead controller's actor handle until the next fit replaces it."""
+    registers, say) would ask the finished controller to abort and, when that fails, call
+    `sys.exit(0)` instead of raising KeyboardInterrupt; and the handler keeps the dead
+    controller's actor handle until the next fit replaces it."""
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if on_main_thread else None
     try:
