@@ -178,23 +178,19 @@ def _ray_per_module() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ray_local(stack_config) -> Iterator[None]:
-    """A fresh local Ray cluster for the test module. Worker processes inherit the environment of
-    the raylet, not of later tests, so the stack's client variables go in as the job's env_vars."""
+def ray_local(stack_config) -> None:
+    """A fresh local Ray cluster for the test module (`_ray_per_module` shuts it down). Worker
+    processes inherit the environment of the raylet, not of later tests, so the stack's client
+    variables go in as the job's env_vars."""
     import ray
 
     from ray_jobs.cluster import job_runtime_env
 
     if ray.is_initialized():  # a test of this module connected already: use it
-        yield
         return
     worker_env = {k: v for k, v in Stack(stack_config).env().items() if k != "RAY_ADDRESS"}
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", num_cpus=4, dashboard_host="127.0.0.1", runtime_env=job_runtime_env(worker_env))
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
