@@ -25,10 +25,14 @@ overrides) in-process on videos rendered in memory (no codec, no Ray, no S3) and
     python bench/bench_physics_learning.py --steps 300 --eval-every 150 --probe-videos 1500
     python bench/bench_physics_learning.py --freeze-encoder --future-only --cached-features --steps 1600 \
         model.pred_copy_context=false
+    python bench/bench_physics_learning.py --init-from models:/jepa-physics@candidate --freeze-encoder \
+        --cached-features --steps 5000 --batch-size 32 --pair-types continuity,permanence,solidity optim.lr=3e-4
 
 With a frozen encoder and the future mask alone, ``--cached-features`` encodes every clip of the
 training videos once and trains the predictor alone on those features: no encoder pass per step,
-so a predictor-only run goes several times further in the same time.
+so a predictor-only run goes several times further in the same time. With ``--init-from`` it
+goes on from a trained model (e.g. the one `make physics` registers): how much more would the
+recipe's predictor stage give with more steps?
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ from jepa.surprise import Windows, future_mask_index, pair_correct, pixel_surpri
 from jepa.train_step import train_step  # noqa: E402
 from jepa.transforms import clips_to_tensor  # noqa: E402
 from jepa.vit import gather_tokens  # noqa: E402
+from pipelines.physics_pairs import PAIR_TYPES as ALL_PAIR_TYPES  # noqa: E402
 from pipelines.physics_pairs import indexed_pair  # noqa: E402
 from pipelines.physics_labels import PhysicsLabels, clip_labels, physics_tasks, sidecar_columns, task_targets  # noqa: E402
 from pipelines.synth_physics import render_video, state_table, video_seed  # noqa: E402
 from ray_jobs.physics_recipe import WORLD  # noqa: E402
 
 PAIR_TYPES = ("continuity", "permanence", "inertia", "control")
+"""Pair types scored by default (``--pair-types`` takes any of `physics_pairs.PAIR_TYPES`)."""
 
 
 def _video(args: tuple[int, int]) -> np.ndarray:
@@ -76,12 +82,12 @@ def _pair(args: tuple[str, int]) -> tuple[str, np.ndarray, np.ndarray, int]:
     return kind, p.possible, p.impossible, p.onset_frame if p.first_diff_frame is None else p.first_diff_frame
 
 
-def render_all(n_videos: int, n_pairs: int, step: int) -> tuple[torch.Tensor, list]:
+def render_all(n_videos: int, n_pairs: int, step: int, pair_types: tuple[str, ...] = PAIR_TYPES) -> tuple[torch.Tensor, list]:
     """uint8 training videos (N, T, H, W, 3) and (type, possible, impossible, first differing
     frame) pairs, every ``step``-th frame (the recipe's fps)."""
     with ProcessPoolExecutor(2) as pool:
         videos = list(pool.map(_video, [(0, i) for i in range(n_videos)], chunksize=20))
-        pairs = list(pool.map(_pair, [(k, i) for k in PAIR_TYPES for i in range(n_pairs)]))
+        pairs = list(pool.map(_pair, [(k, i) for k in pair_types for i in range(n_pairs)]))
     return (torch.from_numpy(np.stack(videos)[:, ::step].copy()),
             [(k, a[::step].copy(), b[::step].copy(), -(-first_diff // step)) for k, a, b, first_diff in pairs])
 
@@ -206,9 +212,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="predicted token steps a window's surprise covers, one scoring each (0: all; e.g. 0,1)")
     ap.add_argument("--future-only", action="store_true", help="train with the future mask alone")
     ap.add_argument("--freeze-encoder", action="store_true",
-                    help="keep the encoder at its random init (targets fixed): does the predictor alone learn?")
+                    help="keep the encoder as it starts, at random init or --init-from's (targets fixed): does the "
+                         "predictor alone learn?")
     ap.add_argument("--cached-features", action="store_true",
-                    help="with --freeze-encoder --future-only: encode the training clips once, train the predictor alone")
+                    help="with --freeze-encoder: encode the training clips once, train the predictor alone on the "
+                         "future mask (as the recipe's predictor_stage)")
+    ap.add_argument("--init-from", metavar="MODEL",
+                    help="start from a trained model's weights (models:/NAME@ALIAS or a checkpoint folder; its "
+                         "config must build the same model as --config and the overrides), e.g. to go on "
+                         "training the predictor of a `make physics` model with --freeze-encoder --cached-features")
+    ap.add_argument("--pair-types", type=lambda s: tuple(s.split(",")), default=PAIR_TYPES,
+                    help=f"comma-separated pair types to score (default: {','.join(PAIR_TYPES)})")
     ap.add_argument("--probe-videos", type=int, default=0, help="probe the target encoder on this many videos (0: no probes)")
     ap.add_argument("--probe-context", action="store_true",
                     help="probe the context encoder too (the one trained by gradient; with optim.ema_momentum=1 the "
@@ -216,8 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=5e-4")
     args = ap.parse_args(argv)
-    if args.cached_features and not (args.freeze_encoder and args.future_only):
-        ap.error("--cached-features needs --freeze-encoder and --future-only (features that do not change, one mask)")
+    if args.cached_features and not args.freeze_encoder:
+        ap.error("--cached-features needs --freeze-encoder (features that do not change)")
+    unknown = set(args.pair_types) - set(ALL_PAIR_TYPES)
+    if unknown:
+        ap.error(f"unknown pair types {sorted(unknown)}; expected some of {', '.join(ALL_PAIR_TYPES)}")
+    if args.init_from and args.future_only:
+        ap.error("--init-from keeps the trained model's masks; leave out --future-only (--cached-features trains "
+                 "the future mask alone)")
 
     torch.manual_seed(args.seed)
     cfg = load_config(args.config, args.overrides)
@@ -233,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     t0 = time.time()
-    videos, pairs = render_all(args.videos + 100, args.pairs, round(WORLD.fps / cfg.data.fps))
+    videos, pairs = render_all(args.videos + 100, args.pairs, round(WORLD.fps / cfg.data.fps), args.pair_types)
     train, held = videos[:-100], videos[-100:]
     print(f"rendered {len(videos)} videos {tuple(videos.shape[1:])} and {len(pairs)} pairs in {time.time() - t0:.0f} s", flush=True)
 
@@ -244,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rendered {args.probe_videos} probe clips in {time.time() - t0:.0f} s", flush=True)
 
     model = build_jepa(cfg.model, len(cfg.masks))
+    if args.init_from:
+        from ray_jobs.eval_runs import load_evaluated_model
+
+        model.load_state_dict(load_evaluated_model(args.init_from).model.state_dict())
+        print(f"weights from {args.init_from}", flush=True)
     if args.freeze_encoder:
         model.encoder.requires_grad_(False)
     optimizer = build_optimizer(model, cfg.optim)
