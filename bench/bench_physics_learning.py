@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"masks {cfg.masks}; freeze_encoder={args.freeze_encoder}; precision {cfg.train.precision}; "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
+    trained = None
+    if args.init_from:  # before rendering, so a wrong URI fails at once
+        from ray_jobs.eval_runs import load_evaluated_model
+
+        trained = load_evaluated_model(args.init_from).model.state_dict()
+
     t0 = time.time()
     videos, pairs = render_all(args.videos + 100, args.pairs, round(WORLD.fps / cfg.data.fps), args.pair_types)
     train, held = videos[:-100], videos[-100:]
@@ -264,10 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rendered {args.probe_videos} probe clips in {time.time() - t0:.0f} s", flush=True)
 
     model = build_jepa(cfg.model, len(cfg.masks))
-    if args.init_from:
-        from ray_jobs.eval_runs import load_evaluated_model
-
-        model.load_state_dict(load_evaluated_model(args.init_from).model.state_dict())
+    if trained is not None:
+        model.load_state_dict(trained)
         print(f"weights from {args.init_from}", flush=True)
     if args.freeze_encoder:
         model.encoder.requires_grad_(False)
